@@ -1,0 +1,108 @@
+"""Transformer blocks, composed from norm + attention + MLP.
+
+* `sequential`: resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid))
+* `parallel` (GPT-J): both branches read ln1(resid_pre); resid_post = resid_pre + attn + mlp
+* `shaped` (SAS-P, He & Hofmann 2023): shaped attention with identity values/projection in
+  parallel with the MLP and no skip connection: resid_post = attn(ln1(x)) + mlp(ln1(x))
+
+The factored stream (`stream="factored"`) carries `xt` (written only by attention) and `xe`
+(written only by MLPs); norms read xt + xe, and `hook_resid_*` expose xt + xe so every
+stream-level tool works unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from jaxtyping import Float
+from torch import nn
+
+from .attention import Attention, AttnContext, LayerKV
+from .config import ModelConfig
+from .hooks import HookPoint, observed
+from .mlp import MLP
+from .norm import make_norm
+
+Stream = tuple[torch.Tensor, Optional[torch.Tensor]]  # (resid or xt, xe or None)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        self.factored = cfg.stream == "factored"
+        self.ln1 = make_norm(cfg)
+        self.attn = Attention(cfg, layer)
+        has_mlp = not cfg.attn_only
+        self.ln2 = make_norm(cfg) if has_mlp and cfg.block == "sequential" else None
+        self.mlp = MLP(cfg) if has_mlp else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        if cfg.block == "sequential" and has_mlp:
+            self.hook_resid_mid = HookPoint()
+        if has_mlp:
+            self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+        if self.factored:
+            for name in ("xt_pre", "xt_mid", "xt_post", "xe_pre", "xe_mid", "xe_post"):
+                setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(self, stream: Stream, ctx: AttnContext, kv: Optional[LayerKV] = None) -> Stream:
+        if self.factored:
+            return self._forward_factored(*stream, ctx, kv)
+        return self._forward_standard(stream[0], ctx, kv), None
+
+    def _forward_standard(
+        self, x: Float[torch.Tensor, "batch pos d_model"], ctx: AttnContext, kv: Optional[LayerKV]
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        block = self.cfg.block
+        x = self.hook_resid_pre(x)
+        h = self.ln1(x)
+        attn_out = self.hook_attn_out(self.drop(self.attn(h, ctx, kv=kv)))
+        if self.mlp is None:
+            return self.hook_resid_post(x + attn_out)
+        if block == "sequential":
+            x = self.hook_resid_mid(x + attn_out)
+            mlp_out = self.hook_mlp_out(self.drop(self.mlp(self.ln2(x))))
+            return self.hook_resid_post(x + mlp_out)
+        mlp_out = self.hook_mlp_out(self.drop(self.mlp(h)))
+        if block == "parallel":
+            return self.hook_resid_post(x + attn_out + mlp_out)
+        return self.hook_resid_post(attn_out + mlp_out)  # shaped: no skip connection
+
+    def _forward_factored(
+        self,
+        xt: Float[torch.Tensor, "batch pos d_model"],
+        xe: Float[torch.Tensor, "batch pos d_model"],
+        ctx: AttnContext,
+        kv: Optional[LayerKV],
+    ) -> Stream:
+        xt, xe = self.hook_xt_pre(xt), self.hook_xe_pre(xe)
+        h = self.ln1(self._stream_view("resid_pre", xt + xe))
+        attn_out = self.hook_attn_out(self.drop(self.attn(h, ctx, xt=xt, kv=kv)))
+        xt = self.hook_xt_mid(xt + attn_out)
+        xe = self.hook_xe_mid(xe)
+        if self.mlp is not None:
+            if self.ln2 is not None:
+                h = self.ln2(self._stream_view("resid_mid", xt + xe))
+            xe = xe + self.hook_mlp_out(self.drop(self.mlp(h)))
+        xt, xe = self.hook_xt_post(xt), self.hook_xe_post(xe)
+        if observed(self.hook_resid_post):
+            self._stream_view("resid_post", xt + xe)
+        return xt, xe
+
+    def _stream_view(self, name: str, resid: torch.Tensor) -> torch.Tensor:
+        """In the factored stream `hook_resid_*` is a read-only view of xt + xe: a hook that
+        replaces it cannot say which stream the edit belongs to, so we refuse it."""
+        out = getattr(self, f"hook_{name}")(resid)
+        if out is not resid:
+            raise RuntimeError(
+                f"blocks.{self.layer}.hook_{name} is a read-only view of xt + xe in a factored-stream "
+                f"model; patch blocks.{self.layer}.hook_xt_{name.split('_')[1]} or "
+                f"blocks.{self.layer}.hook_xe_{name.split('_')[1]} instead"
+            )
+        return resid

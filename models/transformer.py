@@ -1,0 +1,361 @@
+"""`HookedTransformer`: the one model class, a `transformer_lens.HookedRootModule`.
+
+```python
+from models import presets
+model = presets.make("vanilla", "tiny")
+logits = model(tokens)                                   # (batch, pos, d_vocab)
+loss = model(tokens, return_type="loss")                 # next-token loss
+logits, cache = model.run_with_cache(tokens)             # a TransformerLens ActivationCache
+```
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from .attention import AttnContext, LayerKV
+from .block import Block
+from .config import ModelConfig
+from .hooks import HookPoint
+from .norm import make_norm
+from .positions import LearnedPositions, positions_from_mask
+
+TokensLike = Union[str, Sequence[str], torch.Tensor]
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor
+    loss: torch.Tensor
+
+
+class KVCache:
+    """Keys/values of every layer plus the bookkeeping positions need.
+
+    `key_mask` (batch, past) is None while no padding has been seen; `n_real` (batch,) counts
+    the real tokens so far, which is the next position id for learned/RoPE/ALiBi.
+    """
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerKV() for _ in range(n_layers)]
+        self.key_mask: Optional[torch.Tensor] = None
+        self.positions: Optional[torch.Tensor] = None
+        self.n_real: Optional[torch.Tensor] = None
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+class HookedTransformer(HookedRootModule):
+    def __init__(self, cfg: ModelConfig, tokenizer: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.hook_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.pos_embed = LearnedPositions(cfg)
+            self.hook_pos_embed = HookPoint()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg)
+        self.unembed = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab)) if cfg.unembed_bias else None
+        self.init_weights()
+        self.setup()
+        self._sync_cfg()
+
+    # ------------------------------------------------------------------ init
+    def init_weights(self) -> None:
+        """nanoGPT init: N(0, init_range), residual-writing projections scaled by 1/sqrt(2L)."""
+        std = self.cfg.init_range
+        for name, p in self.named_parameters():
+            if name.endswith(("alpha", "beta", "gamma")) or ".ln" in name or name.startswith("ln_final"):
+                continue  # norms start at w=1, b=0; shaped-attention gains at 1
+            if name.endswith(".bias") or name == "b_U":
+                nn.init.zeros_(p)
+            elif name.endswith(("attn.out.weight", "mlp.fc_out.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+            elif name.endswith("W_mix"):
+                with torch.no_grad():
+                    p.copy_(torch.eye(p.shape[-1]).expand_as(p) + torch.randn_like(p) * std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+        if self.cfg.block == "shaped":
+            # W_Q = 0 makes softmax uniform (= C), so with beta = gamma each layer starts as alpha*I.
+            with torch.no_grad():
+                for block in self.blocks:
+                    block.attn.qkv.weight[: self.cfg.n_heads * self.cfg.d_head].zero_()
+
+    def _sync_cfg(self) -> None:
+        p = next(self.parameters())
+        self.cfg.device, self.cfg.dtype = p.device, p.dtype
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._sync_cfg()
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input: TokensLike,
+        return_type: Optional[str] = "logits",
+        *,
+        labels: Optional[Int[torch.Tensor, "batch pos"]] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[Int[torch.Tensor, "batch pos"]] = None,
+        past_kv_cache: Optional[KVCache] = None,
+        loss_per_token: bool = False,
+        prepend_bos: Optional[bool] = None,
+    ):
+        """Run the model.
+
+        Args:
+            input: token ids (batch, pos), or text when a tokenizer is attached.
+            return_type: "logits" (batch, pos, d_vocab), "loss", "both" (`Output`) or None.
+            labels: targets aligned with `input` (shifted inside, HF style); -100 is ignored.
+                Without labels the loss predicts `input` itself.
+            attention_mask: (batch, pos), True/1 = real token. Left and right padding both
+                work: positions count only real tokens, padded keys are never attended and
+                padded targets never scored.
+            past_kv_cache: a `KVCache`, extended in place (see `models.generation`).
+            loss_per_token: return the unreduced (batch, pos - 1) loss.
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if not isinstance(input, torch.Tensor):
+            input = self.to_tokens(input, prepend_bos=prepend_bos)
+        tokens = input.to(self.embed.weight.device)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(tokens.device).bool()
+            if attention_mask.shape != tokens.shape:
+                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != tokens {tuple(tokens.shape)}")
+        ctx = self._context(tokens, attention_mask, position_ids, past_kv_cache)
+
+        x = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional == "learned":
+            x = x + self.hook_pos_embed(self.pos_embed(ctx.q_pos))
+        x = self.drop(x)
+        stream = (x, torch.zeros_like(x)) if self.cfg.stream == "factored" else (x, None)
+        for i, block in enumerate(self.blocks):
+            kv = past_kv_cache.layers[i] if past_kv_cache is not None else None
+            if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                stream = checkpoint(block, stream, ctx, kv, use_reentrant=False)
+            else:
+                stream = block(stream, ctx, kv)
+        resid = stream[0] if stream[1] is None else stream[0] + stream[1]
+        logits = self.unembed_resid(self.ln_final(resid))
+
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = self.loss_fn(logits, tokens if labels is None else labels, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else Output(logits, loss)
+
+    def unembed_resid(self, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
+        logits = F.linear(x, self.embed.weight) if self.unembed is None else self.unembed(x)
+        return logits if self.b_U is None else logits + self.b_U
+
+    @staticmethod
+    def loss_fn(
+        logits: Float[torch.Tensor, "batch pos d_vocab"],
+        labels: Int[torch.Tensor, "batch pos"],
+        attention_mask: Optional[torch.Tensor] = None,
+        per_token: bool = False,
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]."""
+        labels = labels.to(logits.device)
+        if attention_mask is not None:
+            labels = labels.masked_fill(~attention_mask.bool(), -100)
+        targets = labels[:, 1:]
+        flat = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="none"
+        ).view_as(targets)
+        if per_token:
+            return flat
+        n = (targets != -100).sum()
+        return flat.sum() / n.clamp(min=1)
+
+    def _context(self, tokens, attention_mask, position_ids, cache: Optional[KVCache]) -> AttnContext:
+        B, T = tokens.shape
+        past = cache.length if cache is not None else 0
+        device = tokens.device
+        padded = attention_mask is not None or (cache is not None and cache.key_mask is not None)
+        new_mask = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
+        n_real = cache.n_real if cache is not None and cache.n_real is not None else torch.zeros(B, dtype=torch.long, device=device)
+        if position_ids is not None:
+            q_pos = position_ids.to(device).expand(B, T)
+        elif not padded:
+            q_pos = (torch.arange(T, device=device) + past).expand(B, T)
+        else:
+            q_pos = positions_from_mask(new_mask, past=n_real)
+        key_mask = None
+        if padded:
+            old = cache.key_mask if cache is not None and cache.key_mask is not None else torch.ones(B, past, dtype=torch.bool, device=device)
+            key_mask = torch.cat([old, new_mask], dim=1)
+        k_pos = q_pos if cache is None or cache.positions is None else torch.cat([cache.positions, q_pos], dim=1)
+        if cache is not None:
+            cache.key_mask = key_mask
+            cache.positions = k_pos
+            cache.n_real = n_real + new_mask.long().sum(-1)
+        rope = None
+        if self.cfg.positional == "rope":
+            rope = self.blocks[0].attn.rotary.angles(q_pos)
+        return AttnContext(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, past=past, rope=rope)
+
+    # ------------------------------------------------------------------ TransformerLens API
+    def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
+        """Like TL's: returns (output, ActivationCache). Only the layers whose pattern or
+        scores are cached leave the fused attention path."""
+        from .cache import ActivationCache
+
+        out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if not return_cache_object:
+            return out, cache_dict
+        return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def set_tokenizer(self, tokenizer: Any) -> None:
+        """Attach a tokenizer with `encode(str) -> list[int]` and `decode(list[int]) -> str`
+        (ours from `interp.tokenizers`, or any HF tokenizer)."""
+        self.tokenizer = tokenizer
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("no tokenizer attached: call model.set_tokenizer(...) or pass token ids")
+        return self.tokenizer
+
+    def to_tokens(
+        self, input: Union[str, Sequence[str]], prepend_bos: Optional[bool] = None, padding_side: str = "right"
+    ) -> Int[torch.Tensor, "batch pos"]:
+        tok = self._need_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        if prepend_bos is None:
+            prepend_bos = self.cfg.default_prepend_bos and self.cfg.bos_token_id is not None
+        if prepend_bos and self.cfg.bos_token_id is None:
+            raise ValueError("prepend_bos=True but the config has no bos_token_id")
+        seqs = [([self.cfg.bos_token_id] if prepend_bos else []) + list(_encode(tok, t)) for t in texts]
+        width = max(len(s) for s in seqs)
+        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
+        rows = [s + [pad] * (width - len(s)) if padding_side == "right" else [pad] * (width - len(s)) + s for s in seqs]
+        return torch.tensor(rows, dtype=torch.long, device=self.cfg.device)
+
+    def to_string(self, tokens: Union[torch.Tensor, Sequence[int]]) -> Union[str, list[str]]:
+        tok = self._need_tokenizer()
+        if isinstance(tokens, torch.Tensor) and tokens.ndim == 2:
+            return [tok.decode(row.tolist()) for row in tokens]
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return tok.decode(ids)
+
+    def to_str_tokens(self, input: Union[str, torch.Tensor], prepend_bos: Optional[bool] = None) -> list[str]:
+        tokens = self.to_tokens(input, prepend_bos=prepend_bos)[0] if isinstance(input, str) else input.flatten()
+        tok = self._need_tokenizer()
+        return [tok.decode([int(t)]) for t in tokens]
+
+    def to_single_token(self, string: str) -> int:
+        ids = _encode(self._need_tokenizer(), string)
+        if len(ids) != 1:
+            raise ValueError(f"{string!r} is {len(ids)} tokens, not one")
+        return int(ids[0])
+
+    def tokens_to_residual_directions(
+        self, tokens: Union[str, int, torch.Tensor]
+    ) -> Float[torch.Tensor, "... d_model"]:
+        """Unembedding directions in the space `ActivationCache.apply_ln_to_stack` returns.
+
+        TL's `apply_ln_to_stack` centres and divides by the cached scale but does not apply
+        the final norm's weight, so (as with TL's `fold_ln`) the weight is folded in here:
+        direction = W_U[:, token] * ln_final.w. The final norm's bias and `b_U` are constant
+        per token and not part of any component's attribution.
+        """
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        W_U = self.W_U
+        if isinstance(self.ln_final, nn.Module) and hasattr(self.ln_final, "w"):
+            W_U = W_U * self.ln_final.w[:, None]
+        if isinstance(tokens, int):
+            return W_U[:, tokens]
+        return W_U[:, tokens.to(W_U.device)].movedim(0, -1)
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Float[torch.Tensor, "d_model"]:
+        """Sum of the attention output biases (and MLP output biases) written before `layer`."""
+        total = torch.zeros(self.cfg.d_model, device=self.cfg.device, dtype=self.cfg.dtype)
+        for i in range(layer):
+            total = total + self.blocks[i].attn.b_O
+            if include_mlp_biases and self.blocks[i].mlp is not None:
+                total = total + self.blocks[i].mlp.b_out
+        if mlp_input:
+            total = total + self.blocks[layer].attn.b_O
+        return total
+
+    # ------------------------------------------------------------------ TL-shaped weights
+    @property
+    def W_E(self) -> Float[torch.Tensor, "d_vocab d_model"]:
+        return self.embed.weight
+
+    @property
+    def W_pos(self) -> Float[torch.Tensor, "n_ctx d_model"]:
+        if self.cfg.positional != "learned":
+            raise AttributeError(f"positional={self.cfg.positional!r} has no W_pos")
+        return self.pos_embed.W_pos
+
+    @property
+    def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
+        return self.embed.weight.T if self.unembed is None else self.unembed.weight.T
+
+    def _stack(self, fn) -> torch.Tensor:
+        return torch.stack([fn(b) for b in self.blocks], dim=0)
+
+    W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q))
+    W_K = property(lambda self: self._stack(lambda b: b.attn.W_K))
+    W_V = property(lambda self: self._stack(lambda b: b.attn.W_V))
+    W_O = property(lambda self: self._stack(lambda b: b.attn.W_O))
+    b_Q = property(lambda self: self._stack(lambda b: b.attn.b_Q))
+    b_K = property(lambda self: self._stack(lambda b: b.attn.b_K))
+    b_V = property(lambda self: self._stack(lambda b: b.attn.b_V))
+    b_O = property(lambda self: self._stack(lambda b: b.attn.b_O))
+    W_in = property(lambda self: self._stack(lambda b: b.mlp.W_in))
+    W_gate = property(lambda self: self._stack(lambda b: b.mlp.W_gate))
+    b_in = property(lambda self: self._stack(lambda b: b.mlp.b_in))
+    W_out = property(lambda self: self._stack(lambda b: b.mlp.W_out))
+    b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out))
+
+    # ------------------------------------------------------------------ conveniences
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; `non_embedding` leaves out token, position and unembedding tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel()
+            if self.cfg.positional == "learned":
+                n -= self.pos_embed.W_pos.numel()
+            if self.unembed is not None:
+                n -= self.unembed.weight.numel()
+        return n
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.cfg.gradient_checkpointing = enabled
+
+    @torch.no_grad()
+    def generate(self, input: TokensLike, **kwargs):
+        """See `models.generation.generate`."""
+        from .generation import generate
+
+        return generate(self, input, **kwargs)
+
+
+def _encode(tok: Any, text: str) -> list[int]:
+    try:
+        return list(tok.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(tok.encode(text))
