@@ -93,16 +93,25 @@ def _flex_attention():
     return _flex
 
 
+@torch.compiler.disable
 @lru_cache(maxsize=32)
-def _causal_block_mask(q_len: int, k_len: int, device: str):
+def _causal_block_mask(seq_len: int, device: str):
+    """Causal FlexAttention block mask, built once per (length, device) and shared by all layers."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    offset = k_len - q_len
-
     def causal(b, h, q_idx, kv_idx):
-        return kv_idx <= q_idx + offset
+        return kv_idx <= q_idx
 
-    return create_block_mask(causal, B=None, H=None, Q_LEN=q_len, KV_LEN=k_len, device=device)
+    return create_block_mask(causal, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
+
+
+def _alibi_score_mod(slopes: torch.Tensor):
+    """FlexAttention score_mod adding -slope_h * (q - k): ALiBi without a (q, k) bias tensor."""
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx - kv_idx)
+
+    return alibi
 
 
 class Attention(nn.Module):
@@ -233,16 +242,14 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         self.last_path = "sdpa"
         if self.cfg.positional == "alibi":
-            if q.is_cuda and ctx.key_mask is None and dropout == 0.0 and ctx.q_len > 1:
+            if q.is_cuda and ctx.key_mask is None and dropout == 0.0 and ctx.q_len == ctx.k_len:
                 self.last_path = "flex"
-                slopes = self.alibi_slopes.to(q.dtype)
-                offset = ctx.k_len - ctx.q_len
-
-                def alibi(score, b, h, q_idx, kv_idx):
-                    return score - slopes[h] * (q_idx + offset - kv_idx)
-
-                block_mask = _causal_block_mask(ctx.q_len, ctx.k_len, str(q.device))
-                z = _flex_attention()(q, k, v, score_mod=alibi, block_mask=block_mask, enable_gqa=gqa)
+                z = _flex_attention()(
+                    q, k, v,
+                    score_mod=_alibi_score_mod(self.alibi_slopes),
+                    block_mask=_causal_block_mask(ctx.q_len, str(q.device)),
+                    enable_gqa=gqa,
+                )
             else:
                 bias = alibi_bias(self.alibi_slopes, ctx.q_pos, ctx.k_pos).to(q.dtype)
                 bias = bias.masked_fill(~ctx.bool_mask(q.device), float("-inf"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from jaxtyping import Float, Int
@@ -26,8 +27,11 @@ class LearnedPositions(nn.Module):
         self.n_ctx = cfg.n_ctx
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
 
-    def forward(self, position_ids: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
-        top = int(position_ids.max()) if position_ids.numel() else 0
+    def forward(
+        self, position_ids: Int[torch.Tensor, "batch pos"], max_position: Optional[int] = None
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """`max_position`, when the caller knows it on the host, saves a device sync."""
+        top = max_position if max_position is not None else (int(position_ids.max()) if position_ids.numel() else 0)
         if top >= self.n_ctx:
             raise ValueError(
                 f"position {top} is past n_ctx={self.n_ctx}: this model uses learned positions, "

@@ -145,7 +145,9 @@ class HookedTransformer(HookedRootModule):
 
         x = self.hook_embed(self.embed(tokens))
         if self.cfg.positional == "learned":
-            x = x + self.hook_pos_embed(self.pos_embed(ctx.q_pos))
+            # Unpadded positions are known on the host; padded ones are checked on the device.
+            bound = ctx.past + tokens.shape[1] - 1 if position_ids is None and ctx.key_mask is None else None
+            x = x + self.hook_pos_embed(self.pos_embed(ctx.q_pos, max_position=bound).expand(tokens.shape[0], -1, -1))
         x = self.drop(x)
         stream = (x, torch.zeros_like(x)) if self.cfg.stream == "factored" else (x, None)
         for i, block in enumerate(self.blocks):
@@ -179,14 +181,14 @@ class HookedTransformer(HookedRootModule):
         labels = labels.to(logits.device)
         if attention_mask is not None:
             labels = labels.masked_fill(~attention_mask.bool(), -100)
-        targets = labels[:, 1:]
+        # Shift the targets, not the (batch, pos, vocab) logits: no copy of the largest tensor.
+        targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
         flat = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="none"
-        ).view_as(targets)
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        ).view_as(targets)[:, :-1]
         if per_token:
             return flat
-        n = (targets != -100).sum()
-        return flat.sum() / n.clamp(min=1)
+        return flat.sum() / (targets != -100).sum().clamp(min=1)
 
     def _context(self, tokens, attention_mask, position_ids, cache: Optional[KVCache]) -> AttnContext:
         B, T = tokens.shape
@@ -198,14 +200,17 @@ class HookedTransformer(HookedRootModule):
         if position_ids is not None:
             q_pos = position_ids.to(device).expand(B, T)
         elif not padded:
-            q_pos = (torch.arange(T, device=device) + past).expand(B, T)
+            q_pos = (torch.arange(T, device=device) + past)[None]  # (1, pos): broadcasts over batch
         else:
             q_pos = positions_from_mask(new_mask, past=n_real)
         key_mask = None
         if padded:
             old = cache.key_mask if cache is not None and cache.key_mask is not None else torch.ones(B, past, dtype=torch.bool, device=device)
             key_mask = torch.cat([old, new_mask], dim=1)
-        k_pos = q_pos if cache is None or cache.positions is None else torch.cat([cache.positions, q_pos], dim=1)
+        if cache is not None and cache.positions is not None:
+            k_pos = torch.cat([cache.positions.expand(B, -1), q_pos.expand(B, -1)], dim=1)
+        else:
+            k_pos = q_pos
         if cache is not None:
             cache.key_mask = key_mask
             cache.positions = k_pos
