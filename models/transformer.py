@@ -183,6 +183,9 @@ class HookedTransformer(HookedRootModule):
             labels = labels.masked_fill(~attention_mask.bool(), -100)
         # Shift the targets, not the (batch, pos, vocab) logits: no copy of the largest tensor.
         targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+        if attention_mask is not None:
+            # a padded position predicts nothing (left padding: the first real token has no real predecessor)
+            targets = targets.masked_fill(~attention_mask.to(targets.device).bool(), -100)
         flat = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
         ).view_as(targets)[:, :-1]
