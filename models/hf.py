@@ -21,8 +21,8 @@ MPT rather than BLOOM for ALiBi: BLOOM normalises the embeddings
 (`word_embeddings_layernorm`), which our model has no slot for. MPT adds
 `slope_h * (k - T + 1)` to the scores; under causal masking that differs from our
 `-slope_h * (q - k)` by a per-row constant, which softmax ignores. Its slopes equal
-`models.positions.alibi_slopes` for `alibi_bias_max=8` (other values are copied into the
-`alibi_slopes` buffers).
+`models.positions.alibi_slopes` (transformers always uses `alibi_bias_max=8`; a config
+saying otherwise is refused).
 
 Each architecture is one `Arch` row: the `ModelConfig` fields it implies (`fixed`, also what
 export requires), the config attributes that are plain renames, one function per direction
@@ -183,6 +183,11 @@ def _llama_read(c) -> dict:
 
 def _llama_write(model: HookedTransformer) -> dict:
     cfg = model.cfg
+    if cfg.d_model % cfg.n_heads:
+        raise HFConversionError(
+            f"cannot export to LlamaForCausalLM: d_model={cfg.d_model} is not a multiple of n_heads={cfg.n_heads} "
+            "(transformers' LlamaConfig refuses that even with an explicit head_dim)"
+        )
     ffn = {v: k for k, v in _LLAMA_ACT.items()}
     if cfg.ffn not in ffn:
         raise HFConversionError(f"cannot export to LlamaForCausalLM: ffn={cfg.ffn!r} (needs a gated FFN: swiglu or geglu)")
@@ -265,6 +270,8 @@ def _mpt_read(c) -> dict:
             "attn_config.alibi": not a.alibi,
             "attn_config.attn_type": a.attn_type != "multihead_attention",
             "attn_config.prefix_lm": bool(a.prefix_lm),
+            # transformers' MptModel builds its ALiBi table with the default 8 whatever this says
+            "attn_config.alibi_bias_max": a.alibi_bias_max != 8,
             "no_bias": not c.no_bias,
             "logit_scale": c.logit_scale is not None,
             "expansion_ratio": c.expansion_ratio != 4,  # transformers' MptMLP hard-codes 4x
@@ -280,20 +287,14 @@ def _mpt_write(model: HookedTransformer) -> dict:
         raise HFConversionError(
             f"cannot export to MptForCausalLM: d_mlp={cfg.d_mlp} (transformers' MptMLP hard-codes 4 * d_model = {4 * cfg.d_model})"
         )
-    slopes = model.blocks[0].attn.alibi_slopes.float().cpu()
+    want = mpt_slopes(cfg.n_heads)
     for blk in model.blocks:
-        if not torch.equal(blk.attn.alibi_slopes.float().cpu(), slopes):
-            raise HFConversionError("cannot export to MptForCausalLM: alibi_slopes differ between layers")
-    # slope_0 = 2^(-bias_max / N) (N = heads rounded up to a power of two; 2x for non-powers).
-    n_pow2 = 2 ** math.ceil(math.log2(cfg.n_heads))
-    first = n_pow2 if n_pow2 == cfg.n_heads else n_pow2 / 2
-    bias_max = int(round(-math.log2(float(slopes[0])) * first))
-    if bias_max < 1 or not torch.allclose(mpt_slopes(cfg.n_heads, bias_max), slopes, rtol=1e-6, atol=0):
-        raise HFConversionError(
-            "cannot export to MptForCausalLM: blocks[i].attn.alibi_slopes are not MPT's geometric slopes for "
-            f"any integer alibi_bias_max (got {slopes.tolist()})"
-        )
-    return dict(expansion_ratio=4, no_bias=True, attn_config={"alibi": True, "alibi_bias_max": bias_max})
+        if not torch.allclose(blk.attn.alibi_slopes.float().cpu(), want, rtol=1e-6, atol=0):
+            raise HFConversionError(
+                "cannot export to MptForCausalLM: blocks[i].attn.alibi_slopes are not the standard geometric "
+                f"slopes {want.tolist()} (transformers' MPT always uses alibi_bias_max=8)"
+            )
+    return dict(expansion_ratio=4, no_bias=True, attn_config={"alibi": True, "alibi_bias_max": 8})
 
 
 def _mpt_weights(cfg: ModelConfig) -> list[Entry]:
@@ -507,11 +508,6 @@ def from_hf(hf_model: Any) -> HookedTransformer:
         if out is not inp and not torch.equal(out, inp):
             raise HFConversionError("config says tie_word_embeddings=True but lm_head.weight differs from the embedding")
     _import_weights(model, hf_model, arch.weights(cfg))
-    if cfg.positional == "alibi":
-        slopes = mpt_slopes(cfg.n_heads, hf_model.config.attn_config.alibi_bias_max)
-        if not torch.allclose(slopes, alibi_slopes(cfg.n_heads), rtol=1e-6, atol=0):
-            for blk in model.blocks:  # keep our (identical) slopes bit-exact unless MPT's differ
-                blk.attn.alibi_slopes.copy_(slopes)
     dtype = next(hf_model.parameters()).dtype
     return model.to(dtype=dtype).eval()
 
