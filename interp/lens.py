@@ -38,7 +38,8 @@ class LensResult:
     Shapes: L = n_layers + 1 lens layers, B batch, T positions, k.
         top_tokens  (L, B, T, k) long      top_probs (L, B, T, k) float
         target_prob (L, B, T) float, NaN where there is no target
-        target_rank (L, B, T) long, 0 = the target is the argmax; -1 where there is no target
+        target_rank (L, B, T) long: how many tokens have a strictly larger logit (0 = argmax,
+                    ties count in the target's favour); -1 where there is no target
         targets     (B, T) long, the token each position is scored against (-100 = none)
         tokens      (B, T) the input ids
     """
