@@ -46,7 +46,10 @@ from .config import ModelConfig
 from .positions import alibi_slopes
 from .transformer import HookedTransformer
 
-__all__ = ["from_hf", "to_hf", "export_hf", "config_from_hf", "config_to_hf", "HFConversionError", "ARCHS"]
+__all__ = [
+    "from_hf", "to_hf", "export_hf", "config_from_hf", "config_to_hf", "hf_tokenizer", "mpt_slopes",
+    "HFConversionError", "ARCHS",
+]
 
 
 class HFConversionError(ValueError):
@@ -218,8 +221,7 @@ def _llama_weights(cfg: ModelConfig) -> list[Entry]:
 def _gptj_read(c) -> dict:
     d_head = c.n_embd // c.n_head
     _refuse(c, rotary_dim=c.rotary_dim is None or not 0 < c.rotary_dim <= d_head or c.rotary_dim % 2)
-    fraction = c.rotary_dim / d_head
-    assert int(round(d_head * fraction)) == c.rotary_dim
+    fraction = c.rotary_dim / d_head  # ModelConfig.rotary_dim = round(d_head * fraction) gives it back
     return dict(d_mlp=c.n_inner or 4 * c.n_embd, ffn=_ffn_from_act(c, "activation_function"), rope_fraction=fraction)
 
 
