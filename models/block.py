@@ -97,9 +97,14 @@ class Block(nn.Module):
 
     def _stream_view(self, name: str, resid: torch.Tensor) -> torch.Tensor:
         """In the factored stream `hook_resid_*` is a read-only view of xt + xe: a hook that
-        replaces it cannot say which stream the edit belongs to, so we refuse it."""
-        out = getattr(self, f"hook_{name}")(resid)
-        if out is not resid:
+        replaces it cannot say which stream the edit belongs to, so we refuse it (in-place
+        edits too, as TL's patch setters make: caught by the tensor's version counter)."""
+        hook = getattr(self, f"hook_{name}")
+        if not observed(hook):
+            return resid
+        version = resid._version
+        out = hook(resid)
+        if out is not resid or resid._version != version:
             raise RuntimeError(
                 f"blocks.{self.layer}.hook_{name} is a read-only view of xt + xe in a factored-stream "
                 f"model; patch blocks.{self.layer}.hook_xt_{name.split('_')[1]} or "

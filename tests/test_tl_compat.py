@@ -1,0 +1,236 @@
+"""TransformerLens's own ActivationCache algebra, patching and head detection on our models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import patching
+from transformer_lens.head_detector import detect_head
+
+from conftest import tiny, tokens
+
+TL_PRESETS = ["vanilla", "llama-like", "gptj", "factored", "math-compact", "factored-alibi"]
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module", params=TL_PRESETS)
+def run(request):
+    model = tiny(request.param, n_layers=3)
+    toks = tokens(2, 9)
+    logits, cache = model.run_with_cache(toks)
+    return model, toks, logits, cache
+
+
+def _ln_final_affine(model, x):
+    x = x * model.ln_final.w
+    return x if model.ln_final.b is None else x + model.ln_final.b
+
+
+def test_accumulated_resid_apply_ln(run):
+    """TL 4.3: accumulated_resid(apply_ln=True) up to the unembed re-applies ln_final (affine
+    included) to each entry; the cached-scale route (`apply_ln_to_stack`) leaves out the affine
+    part, so `last * ln_final.w + ln_final.b` is ln_final's output."""
+    model, _, _, cache = run
+    L = model.cfg.n_layers
+    acc = cache.accumulated_resid(apply_ln=True)
+    assert acc.shape[0] == L + 1
+    torch.testing.assert_close(acc[-1], cache["ln_final.hook_normalized"], **TOL)
+    raw = cache.accumulated_resid()
+    for l in range(L):
+        torch.testing.assert_close(raw[l], cache["resid_pre", l])
+        torch.testing.assert_close(acc[l], model.ln_final(raw[l]), **TOL)
+    torch.testing.assert_close(raw[-1], cache["resid_post", L - 1])
+    scaled = cache.apply_ln_to_stack(raw, layer=L)
+    torch.testing.assert_close(_ln_final_affine(model, scaled[-1]), cache["ln_final.hook_normalized"], **TOL)
+
+
+def test_decompose_resid_sums_to_stream(run):
+    model, _, _, cache = run
+    L = model.cfg.n_layers
+    parts, labels = cache.decompose_resid(return_labels=True)
+    n_embed = 2 if model.cfg.positional == "learned" else 1
+    assert len(labels) == n_embed + 2 * L
+    torch.testing.assert_close(parts.sum(0), cache["resid_post", L - 1], **TOL)
+    for l in range(L):
+        torch.testing.assert_close(cache.decompose_resid(layer=l).sum(0), cache["resid_pre", l], **TOL)
+
+
+def test_logit_attrs_sum_to_logits(run):
+    """logit_attrs applies ln_final's cached scale itself (TL 4.3) and our
+    `tokens_to_residual_directions` folds in ln_final.w, so the attributions of the raw
+    decomposition plus the constant (ln_final.b @ W_U[:, t] + b_U[t]) are the logits."""
+    model, toks, logits, cache = run
+    targets = toks[:, 1:]
+    front = slice(0, -1)  # position p predicts token p + 1
+    stack = cache.decompose_resid(pos_slice=front)  # (component, batch, pos - 1, d_model)
+    attrs = cache.logit_attrs(stack, tokens=targets, pos_slice=front)
+    assert attrs.shape == (stack.shape[0],) + targets.shape
+    const = torch.zeros(model.cfg.d_vocab)
+    if model.ln_final.b is not None:
+        const = const + model.ln_final.b @ model.W_U
+    if model.b_U is not None:
+        const = const + model.b_U
+    expected = logits[:, :-1].gather(-1, targets[..., None])[..., 0]
+    torch.testing.assert_close(attrs.sum(0) + const[targets], expected, **TOL)
+    # equivalently: the ln-applied stack dotted with the (w-folded) unembedding direction
+    normed = cache.decompose_resid(apply_ln=True, pos_slice=front)
+    dirs = model.tokens_to_residual_directions(targets)  # (batch, pos - 1, d_model)
+    torch.testing.assert_close((normed * dirs).sum(-1).sum(0) + const[targets], expected, **TOL)
+    # single token / incorrect token form: a logit difference at the last position
+    last = cache.decompose_resid(pos_slice=-1)
+    diff = cache.logit_attrs(last, tokens=3, incorrect_tokens=5, pos_slice=-1).sum(0)
+    torch.testing.assert_close(diff + const[3] - const[5], logits[:, -1, 3] - logits[:, -1, 5], **TOL)
+
+
+def test_apply_ln_to_stack_is_linear_in_the_stack(run):
+    """LayerNorm centres each component and every component shares the final scale, so the
+    normalised stack sums to ln_final's output before its affine part."""
+    model, _, _, cache = run
+    stack = cache.decompose_resid()
+    normed = cache.apply_ln_to_stack(stack)
+    scale = cache["ln_final.hook_scale"]
+    centred = stack - stack.mean(-1, keepdim=True) if model.cfg.norm == "layernorm" else stack
+    torch.testing.assert_close(normed, centred / scale, **TOL)
+    torch.testing.assert_close(_ln_final_affine(model, normed.sum(0)), cache["ln_final.hook_normalized"], **TOL)
+
+
+def test_stack_head_results_sum_to_attn_out(run):
+    model, _, _, cache = run
+    for l in range(model.cfg.n_layers):
+        heads = cache.stack_head_results(layer=l + 1, pos_slice=None)
+        # stack_head_results(layer=k) stacks every head of layers < k; take layer l's heads
+        layer_heads = heads[l * model.cfg.n_heads : (l + 1) * model.cfg.n_heads]
+        torch.testing.assert_close(layer_heads.sum(0) + model.blocks[l].attn.b_O, cache["attn_out", l], **TOL)
+
+
+def test_stack_head_results_labels(run):
+    model, _, _, cache = run
+    heads, labels = cache.stack_head_results(layer=-1, return_labels=True)
+    assert heads.shape[0] == model.cfg.n_layers * model.cfg.n_heads
+    assert labels[0] == "L0H0" and labels[-1] == f"L{model.cfg.n_layers - 1}H{model.cfg.n_heads - 1}"
+
+
+# ------------------------------------------------------------------ patching
+def _metric(logits):
+    return logits[:, -1, 3].mean() - logits[:, -1, 5].mean()
+
+
+def _manual_patch(model, corrupted, hook_name, setter):
+    return float(_metric(model.run_with_hooks(corrupted, fwd_hooks=[(hook_name, setter)])))
+
+
+@pytest.mark.parametrize("name", ["vanilla", "llama-like", "gptj", "math-compact"])
+def test_act_patch_resid_pre(name):
+    model = tiny(name)
+    clean, corrupted = tokens(1, 7, seed=1), tokens(1, 7, seed=2)
+    _, clean_cache = model.run_with_cache(clean)
+    result = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, _metric)
+    assert result.shape == (model.cfg.n_layers, 7)
+    for layer, pos in [(0, 0), (1, 3), (1, 6)]:
+        def setter(act, hook, pos=pos, layer=layer):
+            act = act.clone()
+            act[:, pos] = clean_cache["resid_pre", layer][:, pos]
+            return act
+        expected = _manual_patch(model, corrupted, f"blocks.{layer}.hook_resid_pre", setter)
+        assert result[layer, pos].item() == pytest.approx(expected, abs=1e-5)
+    # patching every position of layer 0 restores the clean run
+    assert result[0, -1].item() != pytest.approx(float(_metric(model(corrupted))), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "llama-like", "gptj", "factored", "math-compact"])
+def test_act_patch_attn_head_out_all_pos(name):
+    model = tiny(name)
+    clean, corrupted = tokens(1, 7, seed=1), tokens(1, 7, seed=2)
+    _, clean_cache = model.run_with_cache(clean)
+    result = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, _metric)
+    assert result.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    for layer, head in [(0, 1), (1, 3)]:
+        def setter(z, hook, layer=layer, head=head):
+            z = z.clone()
+            z[:, :, head] = clean_cache["z", layer][:, :, head]
+            return z
+        expected = _manual_patch(model, corrupted, f"blocks.{layer}.attn.hook_z", setter)
+        assert result[layer, head].item() == pytest.approx(expected, abs=1e-5)
+    assert len(set(result.flatten().tolist())) > 1
+
+
+def test_factored_resid_patching_refused_even_in_place():
+    """TL's patch setters edit the activation in place; in a factored model that must still be
+    refused (an in-place edit of xt + xe would reach ln1 but neither stream)."""
+    model = tiny("factored")
+    clean, corrupted = tokens(1, 7, seed=1), tokens(1, 7, seed=2)
+    _, clean_cache = model.run_with_cache(clean)
+    with pytest.raises(RuntimeError, match="read-only view of xt \\+ xe"):
+        patching.get_act_patch_resid_pre(model, corrupted, clean_cache, _metric)
+
+
+# ------------------------------------------------------------------ head detector
+class CharTokenizer:
+    """Tiny char-level tokenizer: a-z -> 1..26, space -> 27."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [27 if c == " " else ord(c) - 96 for c in text]
+
+    def decode(self, ids):
+        return "".join(" " if i == 27 else chr(i + 96) for i in ids)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "llama-like", "factored-alibi", "sasp"])
+def test_detect_head_previous_token(name):
+    model = tiny(name)
+    model.set_tokenizer(CharTokenizer())
+    seq = "the quick brown fox"
+    scores = detect_head(model, seq, "previous_token_head")
+    assert scores.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    toks = model.to_tokens(seq)
+    assert toks.shape == (1, len(seq)) and model.to_string(toks[0]) == seq
+    _, cache = model.run_with_cache(toks)
+    T = toks.shape[1]
+    prev = torch.zeros(T, T)
+    prev[torch.arange(1, T), torch.arange(T - 1)] = 1
+    for l in range(model.cfg.n_layers):
+        p = cache["pattern", l][0]  # (head, q, k)
+        manual = (p * prev).sum((-1, -2)) / p.sum((-1, -2))
+        torch.testing.assert_close(scores[l], manual, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ refusals
+def test_sasp_refuses_decompose_resid():
+    model = tiny("sasp")
+    _, cache = model.run_with_cache(tokens(1, 6))
+    for method in (cache.decompose_resid, cache.get_full_resid_decomposition):
+        with pytest.raises(NotImplementedError, match="shaped attention with no skip connection"):
+            method()
+    # the per-head attention output is still exact (identity W_O): heads sum to attn_out
+    heads = cache.stack_head_results(layer=1)
+    torch.testing.assert_close(heads.sum(0), cache["attn_out", 0], **TOL)
+
+
+def test_factored_refuses_W_V():
+    model = tiny("factored")
+    with pytest.raises(NotImplementedError, match="factored"):
+        model.W_V
+    with pytest.raises(NotImplementedError, match="xt stream"):
+        model.blocks[0].attn.b_V
+    assert model.W_Q.shape == (2, 4, 64, 16)
+    # without an output projection attention writes z straight into xt: W_O is the identity
+    W_O = model.W_O[0].reshape(64, 64)
+    torch.testing.assert_close(W_O, torch.eye(64))
+    with pytest.raises(NotImplementedError, match="shaped"):
+        tiny("sasp").W_V
+
+
+def test_factored_resid_in_place_edit_refused():
+    model = tiny("factored")
+
+    def zero_in_place(x, hook):
+        x[:, 2] = 0
+        return x
+
+    def zero_in_place_no_return(x, hook):
+        x[:, 2] = 0
+
+    for fn in (zero_in_place, zero_in_place_no_return):
+        for name in ("resid_pre", "resid_mid", "resid_post"):
+            with pytest.raises(RuntimeError, match=f"hook_{name} is a read-only view"):
+                model.run_with_hooks(tokens(1, 6), fwd_hooks=[(f"blocks.1.hook_{name}", fn)])
