@@ -29,7 +29,7 @@ OTHER = "Other directory…"
 def sidebar():
     """Checkpoint picker + model card. Returns the loaded checkpoint, or None (after showing why)."""
     sb = st.sidebar
-    sb.title("🔬 interp explorer")
+    sb.title("interp explorer")
     found = state.discover()
     cli = state.cli_ckpt()
     names = list(found)
@@ -88,8 +88,7 @@ def main():
     page = st.sidebar.radio("Page", views.PAGES, key="page")
     if ck is None:
         return
-    st.title(page)
-    st.caption(f"`{ck.path}`")
+    st.caption(f"{page} · `{ck.path}`")
     draw = {"Attention": views.page_attention, "Streams": views.page_streams, "Logit lens": views.page_lens,
             "Step-by-step": views.page_steps, "Compare": views.page_compare}[page]
     try:
