@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 PORT        ?= 8501
 CKPT        ?=
 
-.PHONY: install test explore bench clean
+.PHONY: install test explore bench clean browser-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# Chromium + chromedriver (Debian packages) for tests/test_browser.py; apt-get only when missing.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  elif [ -n "$$CI" ]; then echo "browser-deps: need root (or sudo) to apt-get install chromium chromium-driver" >&2; exit 1; \
+	  else echo "browser-deps: not root; skipping chromium (tests/test_browser.py will skip)"; exit 0; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
+
+test: install browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 explore: install
