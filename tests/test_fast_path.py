@@ -146,3 +146,17 @@ def test_padded_pattern_rows_are_valid():
         real_q = mask[:, None, :, None]
         pad_k = ~mask[:, None, None, :]
         assert torch.equal(p.masked_select(real_q & pad_k), torch.zeros_like(p.masked_select(real_q & pad_k)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention (ALiBi fast path) runs on CUDA only")
+@pytest.mark.parametrize("name", ["factored-alibi", "vanilla", "llama-like"])
+def test_cuda_fast_equals_explicit(name):
+    """On CUDA, ALiBi takes FlexAttention (`last_path == "flex"`); it must match the explicit path."""
+    model = tiny(name).cuda()
+    toks = tokens(2, 12).cuda()
+    fast = model(toks)
+    expected_path = "flex" if model.cfg.positional == "alibi" else "sdpa"
+    assert {b.attn.last_path for b in model.blocks} == {expected_path}
+    explicit, _ = model.run_with_cache(toks)
+    assert {b.attn.last_path for b in model.blocks} == {"explicit"}
+    torch.testing.assert_close(fast, explicit, atol=1e-4, rtol=1e-4)

@@ -234,3 +234,21 @@ def test_factored_resid_in_place_edit_refused():
         for name in ("resid_pre", "resid_mid", "resid_post"):
             with pytest.raises(RuntimeError, match=f"hook_{name} is a read-only view"):
                 model.run_with_hooks(tokens(1, 6), fwd_hooks=[(f"blocks.1.hook_{name}", fn)])
+
+
+def test_full_resid_decomposition(run):
+    """Heads + neurons + embeddings + accumulated biases == the stream, at every layer input."""
+    model, _, _, cache = run
+    L = model.cfg.n_layers
+    parts, labels = cache.get_full_resid_decomposition(return_labels=True, expand_neurons=True)
+    assert labels[-1] == "bias" and "L0H0" in labels
+    assert parts.shape[0] == len(labels)
+    assert sum(1 for s in labels if "N" in s) == L * model.cfg.d_mlp  # one row per neuron
+    assert sum(1 for s in labels if "H" in s) == L * model.cfg.n_heads  # one row per head
+    torch.testing.assert_close(parts.sum(0), cache["resid_post", L - 1], **TOL)
+    for l in range(L):
+        p = cache.get_full_resid_decomposition(layer=l, expand_neurons=False)
+        torch.testing.assert_close(p.sum(0), cache["resid_pre", l], **TOL)
+        if model.cfg.block == "sequential":
+            p = cache.get_full_resid_decomposition(layer=l, mlp_input=True, expand_neurons=False)
+            torch.testing.assert_close(p.sum(0), cache["resid_mid", l], **TOL)
