@@ -19,9 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+st.set_page_config(page_title="interp explorer", layout="wide")
+_cold = "app.state" not in sys.modules
+_boot = st.empty()
+if _cold:  # first run in this server: show something now and let the browser fetch plotly.js while torch imports
+    _boot.plotly_chart({"data": [{"type": "scatter", "x": [], "y": []}],
+                        "layout": {"title": {"text": "Loading torch and the checkpoint…"}, "height": 140,
+                                   "xaxis": {"visible": False}, "yaxis": {"visible": False}}}, key="boot")
+
 from app import state, views  # noqa: E402
 
-st.set_page_config(page_title="interp explorer", page_icon="🔬", layout="wide")
+_boot.empty()
+
 
 OTHER = "Other directory…"
 

@@ -271,6 +271,16 @@ def attention(key: tuple, ids: tuple[int, ...]):
     return torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(ck.cfg.n_layers)]).float().numpy()
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def attention_grid_figure(key: tuple, ids: tuple[int, ...]):
+    """The all-heads thumbnail grid (built once per prompt: for 6x6 heads it is the slow
+    part of a re-render). Shared object: callers must not modify it."""
+    from interp import plots
+
+    return plots.attention_grid(attention(key, ids), labels(get(key), ids),
+                                title="All heads (rows = layers, columns = heads)")
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def head_rows(key: tuple, ids: tuple[int, ...]) -> list[dict]:
     import torch

@@ -69,8 +69,7 @@ def page_attention(ck: Loaded) -> None:
         st.plotly_chart(plots.head_score_heatmap(grid, name=score).update_layout(height=260), key="attn_scoremap")
         st.caption(f"Head scores on this prompt (induction on repeated random tokens). Selected: **L{layer}H{head}**")
         st.dataframe(df.style.format("{:.3f}").highlight_max(axis=0, color="#d7e9f7"), height=260)
-    st.plotly_chart(plots.attention_grid(pats, labels, title="All heads (rows = layers, columns = heads)"),
-                    key="attn_grid")
+    st.plotly_chart(state.attention_grid_figure(ck.key, tuple(ids)), key="attn_grid")
 
 
 # ------------------------------------------------------------------ Streams

@@ -62,14 +62,14 @@ def _train(model, task, steps: int, lr: float = 3e-3):
     return model.eval()
 
 
-def make_checkpoint(root: Path, name: str, train_steps: int = 0) -> Path:
+def make_checkpoint(root: Path, name: str, train_steps: int = 0, size: str = "tiny") -> Path:
     torch.manual_seed(0)
     metrics = [{"step": 0, "train/loss": 4.0}, {"step": 10, "train/loss": 2.5, "eval/loss": 2.6}]
     if name.startswith("shakespeare"):
         tok = _shakespeare_tokenizer()
         preset = "factored-alibi" if "alibi" in name else "vanilla"
         extra = dict(n_ctx=48) if preset == "vanilla" else {}
-        model = presets.make(preset, "tiny", d_vocab=tok.vocab_size, **tok.special_token_ids(), **extra)
+        model = presets.make(preset, size, d_vocab=tok.vocab_size, **tok.special_token_ids(), **extra)
         model = _perturb(model, seed=1)
         task = dict(TEXT)
     elif name.startswith("add3"):
@@ -92,10 +92,11 @@ def make_checkpoint(root: Path, name: str, train_steps: int = 0) -> Path:
                        training={"step": 10, "eval": {"loss": 2.6, "answer_accuracy": 0.125}})
 
 
-def make_checkpoints(root, names=NAMES, train_steps: int = 0, broken: bool = True) -> dict[str, Path]:
+def make_checkpoints(root, names=NAMES, train_steps: int = 0, broken: bool = True, size: str = "tiny") -> dict[str, Path]:
+    """`size` applies to the Shakespeare models (`character` = the shipped 6x6, d_model 384 shape)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    out = {n: make_checkpoint(root, n, train_steps if n == "add3_none" else 0) for n in names}
+    out = {n: make_checkpoint(root, n, train_steps if n == "add3_none" else 0, size) for n in names}
     if broken:
         b = root / "broken"
         b.mkdir(exist_ok=True)

@@ -100,7 +100,7 @@ def heatmap_state(driver) -> str:
     """The first plotly chart's title + the data it draws (the DOM plotly built)."""
     return driver.execute_script(
         """const el = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
-        if (!el || !el.data) return '';
+        if (!el || !el.data || !el.data.length || el.data[0].type !== 'heatmap') return '';
         const t = el.querySelector('.gtitle');
         return (t ? t.textContent : '') + '|' + JSON.stringify(el.data[0].z);"""
     )
