@@ -199,9 +199,13 @@ def page_compare(ck: Loaded) -> None:
             col.metric(r["name"], f"{r['answer_match']:.1%}", help="greedy answer accuracy; exact match "
                        f"(steps + answer) {r['exact_match']:.1%}")
     c1, c2 = st.columns(2)
-    c1.plotly_chart(plots.segment_bars(rows, "loss", title="Teacher-forced loss per segment"), key="compare_loss")
-    c2.plotly_chart(plots.segment_bars(rows, "accuracy", title="Next-token accuracy per segment"), key="compare_acc")
-    show = ["name", "loss/prompt", "loss/step", "loss/answer", "accuracy/step", "accuracy/answer",
+    c1.plotly_chart(plots.segment_bars(rows, "loss", segments=("step", "answer"),
+                                      title="Teacher-forced loss per segment"), key="compare_loss")
+    c2.plotly_chart(plots.segment_bars(rows, "accuracy", segments=("step", "answer"),
+                                      title="Next-token accuracy per segment"), key="compare_acc")
+    st.caption("Loss and accuracy are teacher-forced on every step and answer token, whatever each model "
+               "was trained on (the prompt is never a target).")
+    show = ["name", "loss/step", "loss/answer", "accuracy/step", "accuracy/answer",
             "answer_to_step_attn/mean", "answer_to_step_attn/max", "answer_to_step_attn/argmax"]
     show += ["exact_match", "answer_match"] if gen else []
     st.dataframe(pd.DataFrame(rows)[[c for c in show if c in rows[0]]].set_index("name"))
