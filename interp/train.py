@@ -66,7 +66,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     eps=1e-8,
     grad_clip=1.0,  # max global grad norm; 0 or None disables clipping
     eval_every=200,
-    eval_batches=10,  # val batches for loss / per-segment loss
+    eval_batches=10,  # val batches for loss / per-segment loss (0: the whole split)
     eval_batch_size=None,  # None -> batch_size
     eval_generate=64,  # examples for greedy exact-match accuracy (0 disables)
     eval_split="val",
@@ -672,9 +672,8 @@ class Trainer:
         seed_everything(t["seed"])
         self.task = task if task is not None else build_task(cfg["task"])
         # the checkpoint stores the task's full config (defaults included) when it gives one
-        self.task_config = dict(cfg["task"])
-        if hasattr(self.task, "config"):
-            self.task_config = {"name": getattr(self.task, "name", cfg["task"]["name"]), **self.task.config()}
+        self.task_config = ({"name": getattr(self.task, "name", cfg["task"]["name"]), **self.task.config()}
+                            if hasattr(self.task, "config") else dict(cfg["task"]))
         if task is not None:
             cfg["task"] = dict(self.task_config)
         self.tokenizer = self.task.tokenizer
