@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 DEST=${1:-data/checkpoints}
 PY=${PYTHON:-python3}
-NAMES="add3_none add3_mask_steps add3_mask_answer induction_attn_only shakespeare_factored_alibi shakespeare_vanilla"
+NAMES=${NAMES:-"add3_none add3_mask_steps add3_mask_answer induction_attn_only shakespeare_factored_alibi shakespeare_vanilla"}
 mkdir -p runs "$DEST"
 for n in $NAMES; do
   timeout "${RUN_TIMEOUT:-1800}" $PY -m interp.cli train --config "configs/reference/$n.yaml" \

@@ -478,3 +478,14 @@ def test_tiny_model_learns_induction_quickly():
         torch.set_num_threads(threads)
     assert losses[0] > 0.8 * chance
     assert val_loss < 0.15 * chance, f"val loss {val_loss:.3f} after {len(losses)} steps (chance {chance:.3f})"
+
+
+def test_induction_variable_block_length():
+    task = make_task("induction", vocab=20, seq_len=8, min_seq_len=3, n_train=200, n_val=20, n_test=20, seed=1)
+    seen = {len(e.input_ids) for e in task.split("train")}
+    assert seen == {2 * n + 2 for n in range(3, 9)}  # <bos> + 2 blocks + <eos>, every length drawn
+    for e in task.split("val"):
+        n = (len(e.input_ids) - 2) // 2
+        assert e.input_ids[1 : 1 + n] == e.input_ids[1 + n : 1 + 2 * n]
+    with pytest.raises(ValueError, match="min_seq_len"):
+        make_task("induction", vocab=20, seq_len=4, min_seq_len=6)

@@ -1,6 +1,9 @@
 """Repeated random sequences: the setting where induction heads form (Olsson et al. 2022).
 
-Options: `vocab` (32 symbols), `seq_len` (16, length of the random block), `repeats` (2),
+Options: `vocab` (32 symbols), `seq_len` (16, length of the random block), `min_seq_len`
+(None: every block has `seq_len` symbols; else each block's length is drawn from
+[min_seq_len, seq_len], so the distance to the earlier copy varies and a fixed positional
+offset cannot solve the task: a genuine previous-token + induction circuit is needed), `repeats` (2),
 `label_mode` (`second_half` | `all`), `unique` (true), `n_train` (5000), `n_val` / `n_test`
 (500), `seed` (0).
 
@@ -48,6 +51,7 @@ class InductionTask(Task):
         self,
         vocab: int = 32,
         seq_len: int = 16,
+        min_seq_len: int | None = None,
         repeats: int = 2,
         label_mode: str = "second_half",
         unique: bool = True,
@@ -60,16 +64,21 @@ class InductionTask(Task):
         check_int(t, "vocab", vocab, 2)
         check_int(t, "seq_len", seq_len, 1)
         check_int(t, "repeats", repeats, 2)
+        if min_seq_len is not None:
+            check_int(t, "min_seq_len", min_seq_len, 1)
+            if min_seq_len > seq_len:
+                raise TaskConfigError(f"{t}: min_seq_len ({min_seq_len}) must be <= seq_len ({seq_len})")
         check_choice(t, "label_mode", label_mode, LABEL_MODES)
         if unique and seq_len > vocab:
             raise TaskConfigError(f"{t}: unique=true needs seq_len ({seq_len}) <= vocab ({vocab})")
         for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("seed", seed)):
             check_int(t, name, v, 0)
         super().__init__(
-            vocab=vocab, seq_len=seq_len, repeats=repeats, label_mode=label_mode, unique=unique,
+            vocab=vocab, seq_len=seq_len, min_seq_len=min_seq_len, repeats=repeats, label_mode=label_mode, unique=unique,
             n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
         )
         self.n_symbols, self.seq_len, self.repeats = vocab, seq_len, repeats
+        self.min_seq_len = min_seq_len
         self.label_mode, self.unique, self._seed = label_mode, bool(unique), seed
         self._sizes = [n_test, n_val, n_train]
         self.tokenizer = word_tokenizer([f"t{i}" for i in range(vocab)], specials_first=False)
@@ -88,21 +97,25 @@ class InductionTask(Task):
         pieces.append(([tok.eos_token_id], ANSWER, True))
         return build_example(tok, pieces, dict(block=block, seq_len=len(block)))
 
+    def _block_lengths(self) -> range:
+        return range(self.min_seq_len or self.seq_len, self.seq_len + 1)
+
     def _draw(self, rng: random.Random):
+        n = rng.choice(self._block_lengths()) if self.min_seq_len is not None else self.seq_len
         if self.unique:
-            return tuple(rng.sample(range(self.n_symbols), self.seq_len))
-        return tuple(rng.randrange(self.n_symbols) for _ in range(self.seq_len))
+            return tuple(rng.sample(range(self.n_symbols), n))
+        return tuple(rng.randrange(self.n_symbols) for _ in range(n))
 
     def _space(self) -> int:
         if self.unique:
-            return math.perm(self.n_symbols, self.seq_len)
-        return self.n_symbols**self.seq_len
+            return sum(math.perm(self.n_symbols, n) for n in self._block_lengths())
+        return sum(self.n_symbols**n for n in self._block_lengths())
 
     def _enumerate(self) -> list:
         symbols = range(self.n_symbols)
         if self.unique:
-            return list(itertools.permutations(symbols, self.seq_len))
-        return list(itertools.product(symbols, repeat=self.seq_len))
+            return [b for n in self._block_lengths() for b in itertools.permutations(symbols, n)]
+        return [b for n in self._block_lengths() for b in itertools.product(symbols, repeat=n)]
 
     def _build_splits(self) -> dict[str, Sequence[Example]]:
         test, val, train = draw_unique(
