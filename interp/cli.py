@@ -136,25 +136,23 @@ def export(
     format: str = typer.Option("hf", "--format", help="Export format (hf: Hugging Face transformers)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
 ) -> None:
-    """Export a checkpoint (to Hugging Face transformers via models.hf.to_hf)."""
+    """Export a checkpoint (model and tokenizer) to a Hugging Face transformers directory."""
     if format != "hf":
         _fail(f"unknown --format {format!r}; supported: hf")
     try:
-        from models.hf import to_hf
+        from models.hf import export_hf
     except ImportError as e:
-        _fail(f"HF export needs models.hf.to_hf, which is not available in this install ({e})")
+        _fail(f"HF export needs models.hf, which is not available in this install ({e})")
     from interp.checkpoint import CheckpointError, load
 
     try:
-        model, _ = load(ckpt)
+        model, tokenizer = load(ckpt)
     except CheckpointError as e:
         _fail(str(e))
     try:
-        hf_model = to_hf(model)
+        export_hf(model, out, tokenizer)
     except (NotImplementedError, ValueError) as e:
         _fail(f"cannot export {model.cfg.name} to HF transformers: {e}")
-    out.mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(str(out))
     typer.echo(str(out))
 
 

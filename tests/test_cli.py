@@ -113,15 +113,19 @@ def test_explore_runs_streamlit_on_the_app(monkeypatch, tmp_path):
 
 
 def test_export_hf(tmp_path):
-    model = presets.make("vanilla", "tiny", d_vocab=16, n_ctx=32)
-    path = ck.save(model, tmp_path / "c")
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from interp.tokenizers import char_tokenizer
+
+    tok = char_tokenizer("abcdefgh ")
+    model = presets.make("vanilla", "tiny", d_vocab=tok.vocab_size, n_ctx=32)
+    path = ck.save(model, tmp_path / "c", tok)
     out = tmp_path / "hf"
     result = runner.invoke(app, ["export", str(path), "--format", "hf", "--out", str(out)])
-    try:
-        import models.hf  # noqa: F401
-    except ImportError:
-        assert result.exit_code == 1 and "models.hf" in result.output
-        return
     assert result.exit_code == 0, result.output
-    assert (out / "config.json").exists()
+    hf_model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    ids = torch.tensor([tok.encode("abc defg")])
+    torch.testing.assert_close(hf_model(ids).logits, model.eval()(ids), atol=1e-4, rtol=1e-4)
+    assert PreTrainedTokenizerFast.from_pretrained(out).encode("abc", add_special_tokens=False) == tok.encode("abc")
     assert runner.invoke(app, ["export", str(path), "--format", "onnx", "--out", str(out)]).exit_code == 1
