@@ -38,7 +38,6 @@ OTHER = "Other directory…"
 def sidebar():
     """Checkpoint picker + model card. Returns the loaded checkpoint, or None (after showing why)."""
     sb = st.sidebar
-    sb.title("interp explorer")
     found = state.discover()
     cli = state.cli_ckpt()
     names = list(found)
@@ -83,9 +82,11 @@ def sidebar():
         sb.markdown(f"**Task** `{s['task']['name']}`: {task}")
     if s["metrics"]:
         shown = {k: v for k, v in s["metrics"].items() if k != "step"}
-        if "step" in s["metrics"]:
-            sb.caption(f"final metrics (step {s['metrics']['step']})")
-        sb.dataframe({"metric": list(shown), "value": [f"{v:.4g}" for v in shown.values()]}, hide_index=True)
+        step = f" (step {s['metrics']['step']})" if "step" in s["metrics"] else ""
+        headline = [k for k in ("loss", "ppl", "exact_match", "token_acc") if k in shown]
+        sb.caption("final metrics" + step + ": " + ", ".join(f"{k} {shown[k]:.4g}" for k in headline))
+        with sb.expander("All final metrics"):
+            st.dataframe({"metric": list(shown), "value": [f"{v:.4g}" for v in shown.values()]}, hide_index=True)
     if ck.card:
         with sb.expander("Model card"):
             st.markdown(ck.card)
@@ -93,8 +94,9 @@ def sidebar():
 
 
 def main():
+    st.sidebar.title("interp explorer")
+    page = st.sidebar.radio("Page", views.PAGES, key="page", horizontal=True)
     ck = sidebar()
-    page = st.sidebar.radio("Page", views.PAGES, key="page")
     if ck is None:
         return
     st.caption(f"{page} · `{ck.path}`")
