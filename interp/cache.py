@@ -26,12 +26,11 @@ Positions: every hook is (batch, pos, ...) except `attn_scores`/`pattern`, which
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from jaxtyping import Int

@@ -43,7 +43,6 @@ from typing import Any, Callable, Optional
 import torch
 
 from .config import ModelConfig
-from .positions import alibi_slopes
 from .transformer import HookedTransformer
 
 __all__ = [

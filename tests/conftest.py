@@ -43,6 +43,16 @@ def tokens(batch: int = 2, pos: int = 12, seed: int = 0, vocab: int = VOCAB) -> 
     return torch.randint(1, vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded; on a busy 2-core box extra OpenMP threads
+    make each step many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=PRESETS)
 def preset_name(request) -> str:
     return request.param

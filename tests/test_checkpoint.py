@@ -15,18 +15,10 @@ import interp
 from interp import checkpoint as ck
 from interp.checkpoint import CheckpointError, CheckpointManager
 from interp.tokenizers import char_tokenizer
-from models import HookedTransformer, presets
+from models import presets
 
 TOKENS = torch.tensor([[1, 5, 7, 3, 9, 4, 4, 2], [1, 8, 6, 6, 3, 2, 0, 0]])
 MASK = TOKENS != 0
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(name="vanilla", seed=0, **overrides):

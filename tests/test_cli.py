@@ -17,14 +17,6 @@ from models import presets
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def tiny_yaml(tmp_path):
     """A small real task (1-digit addition) and a tiny model."""
@@ -113,7 +105,6 @@ def test_explore_runs_streamlit_on_the_app(monkeypatch, tmp_path):
 
 
 def test_export_hf(tmp_path):
-    import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from interp.tokenizers import char_tokenizer

@@ -4,15 +4,14 @@ generation, left-padded batches, ALiBi past the trained length, and exact round 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 import transformers as T
 
-from models import ModelConfig, HookedTransformer, presets
+from models import HookedTransformer, presets
 from models.generation import generate
-from models.hf import HFConversionError, config_to_hf, export_hf, from_hf, mpt_slopes, to_hf
+from models.hf import HFConversionError, export_hf, from_hf, mpt_slopes, to_hf
 from models.positions import alibi_slopes
 
 V = 97

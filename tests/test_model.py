@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PRESETS, VOCAB, build, perturb, tiny, tokens
+from conftest import PRESETS, VOCAB, build, tiny, tokens
 from models import HookedTransformer, ModelConfig, presets
 from models.positions import Rotary, alibi_slopes
 

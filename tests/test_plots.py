@@ -1,7 +1,7 @@
 import plotly.graph_objects as go
 import torch
 
-from interp import heads, lens, plots, steps
+from interp import heads, lens, plots
 from models import presets
 
 

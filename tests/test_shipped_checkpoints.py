@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import interp
-from interp.heads import head_scores, make_induction_tokens
+from interp.heads import head_scores
 from interp.tasks import collate, make_task
 from models.generation import generate
 

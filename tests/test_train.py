@@ -48,16 +48,6 @@ class CountTask(Task):
         return {s: [self._example(rng) for _ in range(self._config[f"n_{s}"])] for s in ("train", "val", "test")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; on a busy 2-core box, extra OpenMP threads
-    make each step ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def toolkit(monkeypatch):
     """Make `task: {name: count}` build a CountTask."""
