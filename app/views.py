@@ -7,6 +7,7 @@ Bad input raises `state.AppError`, which the entry point shows with `st.error`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -221,7 +222,7 @@ def page_compare(ck: Loaded) -> None:
     layer, head = _layer_head(cks[0], "compare")
     cols = st.columns(3)
     for col, c in zip(cols, cks):
-        name = Path_name(c)
+        name = Path(c.path).name
         with col:
             st.markdown(f"**{name}**")
             out = state.greedy_completion(c.key, ids[:n_prompt], len(ids) - n_prompt)
@@ -235,9 +236,3 @@ def page_compare(ck: Loaded) -> None:
             a2s = state.answer_step_attention(c.key, ids, seg)
             st.plotly_chart(plots.head_score_heatmap(a2s, name="answer→step", title="answer → step attention")
                             .update_layout(height=240), key=f"compare_a2s_{name}")
-
-
-def Path_name(ck: Loaded) -> str:
-    from pathlib import Path
-
-    return Path(ck.path).name
