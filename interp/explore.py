@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 
 from .cache import cached
+from .lens import lens_hooks
 
 __all__ = ["StreamNorms", "stream_norms", "top_neurons", "Step", "generate_steps"]
 
@@ -51,7 +52,7 @@ def stream_norms(model, tokens: Int[torch.Tensor, "pos"]) -> StreamNorms:
     tokens = _one(tokens).to(model.cfg.device)
     n = model.cfg.n_layers
     streams = ["resid"] + (["xt", "xe"] if model.cfg.stream == "factored" else [])
-    names = {s: [f"blocks.0.hook_{s}_pre"] + [f"blocks.{i}.hook_{s}_post" for i in range(n)] for s in streams}
+    names = {s: lens_hooks(model, s) for s in streams}
     cache = cached(model, tokens, names=[x for v in names.values() for x in v], batch=0)
     norms = {s: torch.stack([cache[h].float().norm(dim=-1) for h in hs]).cpu() for s, hs in names.items()}
     return StreamNorms(["embed"] + [f"block {i}" for i in range(n)], norms["resid"], norms.get("xt"), norms.get("xe"))
