@@ -107,21 +107,29 @@ class HookedTransformer(HookedRootModule):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        input: TokensLike,
-        return_type: Optional[str] = "logits",
+        input: Optional[TokensLike] = None,
+        return_type: Optional[str] = "default",
         *,
+        input_ids: Optional[Int[torch.Tensor, "batch pos"]] = None,
+        inputs_embeds: Optional[Float[torch.Tensor, "batch pos d_model"]] = None,
         labels: Optional[Int[torch.Tensor, "batch pos"]] = None,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[Int[torch.Tensor, "batch pos"]] = None,
         past_kv_cache: Optional[KVCache] = None,
         loss_per_token: bool = False,
         prepend_bos: Optional[bool] = None,
+        last_position_only: bool = False,
     ):
         """Run the model.
 
         Args:
             input: token ids (batch, pos), or text when a tokenizer is attached.
+                `input_ids=` is the same thing under its Hugging Face name.
             return_type: "logits" (batch, pos, d_vocab), "loss", "both" (`Output`) or None.
+                Left out, it is "logits", or "both" when `labels` are given (so
+                `model(input_ids=x, labels=y).loss` reads as in `transformers`).
+            inputs_embeds: (batch, pos, d_model) vectors used instead of the token embedding
+                (positions are still added; `hook_embed` sees them). The loss then needs `labels`.
             labels: targets aligned with `input` (shifted inside, HF style); -100 is ignored.
                 Without labels the loss predicts `input` itself.
             attention_mask: (batch, pos), True/1 = real token. Left and right padding both
@@ -129,25 +137,49 @@ class HookedTransformer(HookedRootModule):
                 padded targets never scored.
             past_kv_cache: a `KVCache`, extended in place (see `models.generation`).
             loss_per_token: return the unreduced (batch, pos - 1) loss.
+            last_position_only: unembed only the last position: logits (batch, 1, d_vocab).
+                For inference (with left padding the last position is every row's newest token).
         """
+        if return_type == "default":
+            return_type = "both" if labels is not None else "logits"
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
-        if not isinstance(input, torch.Tensor):
-            input = self.to_tokens(input, prepend_bos=prepend_bos)
-        tokens = input.to(self.embed.weight.device)
-        if tokens.ndim == 1:
-            tokens = tokens[None]
+        if input_ids is not None:
+            if input is not None:
+                raise ValueError("pass the tokens once: either positionally or as input_ids=, not both")
+            input = input_ids
+        if (input is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of tokens (input / input_ids=) and inputs_embeds=")
+        if inputs_embeds is not None:
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.cfg.d_model:
+                raise ValueError(f"inputs_embeds must be (batch, pos, d_model={self.cfg.d_model}), "
+                                 f"got {tuple(inputs_embeds.shape)}")
+            if return_type in ("loss", "both") and labels is None:
+                raise ValueError("a loss from inputs_embeds needs labels= (there are no tokens to predict)")
+            tokens = None
+            embeds = inputs_embeds.to(self.embed.weight.device)
+            shape, device = embeds.shape[:2], embeds.device
+        else:
+            if not isinstance(input, torch.Tensor):
+                input = self.to_tokens(input, prepend_bos=prepend_bos)
+            tokens = input.to(self.embed.weight.device)
+            if tokens.ndim == 1:
+                tokens = tokens[None]
+            embeds = self.embed(tokens)
+            shape, device = tokens.shape, tokens.device
+        if last_position_only and return_type in ("loss", "both"):
+            raise ValueError("last_position_only=True gives logits for one position; it cannot give a loss")
         if attention_mask is not None:
-            attention_mask = attention_mask.to(tokens.device).bool()
-            if attention_mask.shape != tokens.shape:
-                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != tokens {tuple(tokens.shape)}")
-        ctx = self._context(tokens, attention_mask, position_ids, past_kv_cache)
+            attention_mask = attention_mask.to(device).bool()
+            if attention_mask.shape != shape:
+                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input {tuple(shape)}")
+        ctx = self._context(shape, device, attention_mask, position_ids, past_kv_cache)
 
-        x = self.hook_embed(self.embed(tokens))
+        x = self.hook_embed(embeds)
         if self.cfg.positional == "learned":
             # Unpadded positions are known on the host; padded ones are checked on the device.
-            bound = ctx.past + tokens.shape[1] - 1 if position_ids is None and ctx.key_mask is None else None
-            x = x + self.hook_pos_embed(self.pos_embed(ctx.q_pos, max_position=bound).expand(tokens.shape[0], -1, -1))
+            bound = ctx.past + shape[1] - 1 if position_ids is None and ctx.key_mask is None else None
+            x = x + self.hook_pos_embed(self.pos_embed(ctx.q_pos, max_position=bound).expand(shape[0], -1, -1))
         x = self.drop(x)
         stream = (x, torch.zeros_like(x)) if self.cfg.stream == "factored" else (x, None)
         for i, block in enumerate(self.blocks):
@@ -157,6 +189,8 @@ class HookedTransformer(HookedRootModule):
             else:
                 stream = block(stream, ctx, kv)
         resid = stream[0] if stream[1] is None else stream[0] + stream[1]
+        if last_position_only:
+            resid = resid[:, -1:]
         logits = self.unembed_resid(self.ln_final(resid))
 
         if return_type == "logits":
@@ -193,10 +227,9 @@ class HookedTransformer(HookedRootModule):
             return flat
         return flat.sum() / (targets != -100).sum().clamp(min=1)
 
-    def _context(self, tokens, attention_mask, position_ids, cache: Optional[KVCache]) -> AttnContext:
-        B, T = tokens.shape
+    def _context(self, shape, device, attention_mask, position_ids, cache: Optional[KVCache]) -> AttnContext:
+        B, T = shape
         past = cache.length if cache is not None else 0
-        device = tokens.device
         padded = attention_mask is not None or (cache is not None and cache.key_mask is not None)
         new_mask = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
         n_real = cache.n_real if cache is not None and cache.n_real is not None else torch.zeros(B, dtype=torch.long, device=device)
