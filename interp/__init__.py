@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".checkpoint", __name__), name)
     if not name.startswith("_"):
         try:
-            return importlib.import_module(f".{name}", __name__)  # interp.tasks, interp.train, ...
+            return importlib.import_module(f".{name}", __name__)  # interp.tasks, interp.training, ...
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{name}":
                 raise

@@ -82,6 +82,7 @@ def save(
     train_state: Optional[dict] = None,
     metrics: Union[None, PathLike, Iterable[dict]] = None,
     card: Optional[str] = None,
+    weights_dtype: Optional[torch.dtype] = None,
 ) -> Path:
     """Write a checkpoint directory at `path` atomically and return its path.
 
@@ -97,11 +98,15 @@ def save(
             loadable with `weights_only=True` (tensors and plain containers only).
         metrics: a metrics.jsonl file to copy, or an iterable of dicts to write one per line.
         card: markdown for card.md (a default card is written otherwise).
+        weights_dtype: store floating-point weights in this dtype (e.g. `torch.float16` for a
+            compact checkpoint series); `load` returns float32 whatever was stored.
     """
     model = unwrap(model)
     cfg: ModelConfig = model.cfg
     path = Path(path)
     tensors, aliases = _prepare_state_dict(model.state_dict())
+    if weights_dtype is not None:
+        tensors = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
     config = cfg.to_dict()
     clash = sorted(set(config) & set(META_KEYS))
@@ -619,11 +624,15 @@ class CheckpointManager:
     `run_dir/last` and `run_dir/best` are pointer files naming a step directory; `load(run_dir)`
     follows `last`. "Best" means the lowest `metric` passed to `save` (pass `mode="max"` for
     accuracy-like metrics).
+
+    `keep_last=None` keeps every checkpoint (a series to replay a run), compactly: only the
+    newest keeps its `train_state.pt` (what resume needs) and its copy of `metrics.jsonl` (the
+    run directory holds the whole log); older ones keep weights, config, tokenizer and card.
     """
 
-    def __init__(self, run_dir: PathLike, keep_last: int = 3, mode: str = "min"):
-        if keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    def __init__(self, run_dir: PathLike, keep_last: Optional[int] = 3, mode: str = "min"):
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 or None (keep all), got {keep_last}")
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.run_dir = Path(run_dir)
@@ -690,6 +699,11 @@ class CheckpointManager:
 
     def prune(self) -> None:
         ckpts = self.checkpoints()
+        if self.keep_last is None:
+            for _, p in ckpts[:-1]:
+                for name in (TRAIN_STATE_FILE, METRICS_FILE):
+                    (p / name).unlink(missing_ok=True)
+            return
         keep = {p for _, p in ckpts[-self.keep_last:]}
         for ptr in (self.last, self.best):
             if ptr is not None:

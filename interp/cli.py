@@ -53,7 +53,7 @@ def train(
 ) -> None:
     """Train a model; prints the final checkpoint directory."""
     from interp.checkpoint import CheckpointError
-    from interp.train import TrainConfigError, train as run_train
+    from interp.training import TrainConfigError, train as run_train
     from models.config import ConfigError
 
     if config is None and resume is None:
@@ -76,7 +76,7 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint on its own task; prints JSON metrics."""
     from interp.checkpoint import CheckpointError
-    from interp.train import TrainConfigError, evaluate_checkpoint
+    from interp.training import TrainConfigError, evaluate_checkpoint
 
     try:
         metrics = evaluate_checkpoint(ckpt, split, device=device, batch_size=batch_size, max_batches=batches,

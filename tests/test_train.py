@@ -2,7 +2,7 @@
 
 Most tests train on a "count" task defined here (each next letter follows the previous one in
 a cyclic alphabet: a bigram a 1-layer model learns in seconds on CPU), built on
-`interp.tasks.Task` and registered with `interp.train.register_task` for the run.
+`interp.tasks.Task` and registered with `interp.training.register_task` for the run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from interp import checkpoint as ckpt
-from interp import train as tr
+from models import HookedTransformer
+from interp import training as tr
 from interp.tasks import Task
 from interp.tasks.base import ANSWER, PROMPT, STEP, build_example
 from interp.tokenizers import char_tokenizer
@@ -115,7 +116,7 @@ def test_segment_loss_counts_masked_segments_too(tmp_path, toolkit):
     """With steps masked from training, the main loss scores answers only, while the
     per-segment losses still report every segment."""
     task = CountTask(mask="mask_steps")
-    model = tr.HookedTransformer(tr.build_model_config({"preset": "vanilla", "size": "tiny", "n_layers": 1},
+    model = HookedTransformer(tr.build_model_config({"preset": "vanilla", "size": "tiny", "n_layers": 1},
                                                        task.tokenizer, task.max_len))
     m = tr.evaluate(model, task.tokenizer, task, "val", batch_size=16, max_batches=1, n_generate=4)
     assert m["loss_prompt"] is not None and m["loss_step"] is not None

@@ -6,7 +6,10 @@ including `<bos>`), `bpe_vocab_size` (512), `split_fractions` ([0.9, 0.05, 0.05]
 (None = `seq_len - 1`, i.e. back-to-back windows; smaller values overlap windows *within* a
 split), `bos` (true), `max_chars` (None = the whole file; a prefix for quick runs),
 `n_train` / `n_val` / `n_test` (None = every window of the split; a number takes a seeded
-random subset, kept in corpus order), `seed` (0).
+random subset, kept in corpus order), `seed` (0), `shards` (None; a directory written by
+`interp data prepare`: the splits are read from its memory-mapped token shards and its
+`tokenizer.json`, and `path`, `tokenizer`, `bpe_vocab_size`, `split_fractions`, `max_chars`
+are ignored, since the shards were cut with them).
 
 Splits are contiguous character ranges of the corpus, in order: train = the first 90%,
 val the next 5%, test the last 5%. Each range is tokenized on its own and cut into windows
@@ -28,13 +31,22 @@ from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from ..tokenizers import Tokenizer, bpe_tokenizer, char_tokenizer
+import numpy as np
+
+from ..tokenizers import Tokenizer, bpe_tokenizer, char_tokenizer, load_tokenizer
 from .base import ANSWER, IGNORE_INDEX, PROMPT, SPLITS, Example, Task, TaskConfigError, check_choice, check_int
 
 __all__ = ["TextTask", "DEFAULT_PATH", "resolve_path"]
 
 DEFAULT_PATH = "data/tinyshakespeare.txt"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_shards(path: Union[str, Path]) -> Path:
+    p = Path(path)
+    if not p.is_dir() and not p.is_absolute() and (REPO_ROOT / p).is_dir():
+        return REPO_ROOT / p
+    return p
 
 
 def resolve_path(path: Union[str, Path]) -> Path:
@@ -48,9 +60,10 @@ def resolve_path(path: Union[str, Path]) -> Path:
 
 
 class _Windows(SequenceABC):
-    """Examples made on access from one split's token ids (cheap to hold, cheap to index)."""
+    """Examples made on access from one split's token ids (cheap to hold, cheap to index).
+    `ids` is a list of ids, or a `ShardStream` over memory-mapped shards."""
 
-    def __init__(self, task: "TextTask", ids: list[int], starts: list[int], split: str):
+    def __init__(self, task: "TextTask", ids, starts: Sequence[int], split: str):
         self.task, self.ids, self.starts, self.split = task, ids, starts, split
 
     def __len__(self) -> int:
@@ -59,8 +72,10 @@ class _Windows(SequenceABC):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        s = self.starts[i]
-        return self.task._example(self.ids[s : s + self.task.window], split=self.split, start=s)
+        s = int(self.starts[i])
+        w = self.task.window
+        ids = self.ids[s : s + w] if isinstance(self.ids, list) else self.ids.gather(np.array([s]), w)[0].tolist()
+        return self.task._example(ids, split=self.split, start=s)
 
 
 class TextTask(Task):
@@ -80,6 +95,7 @@ class TextTask(Task):
         n_val: Optional[int] = None,
         n_test: Optional[int] = None,
         seed: int = 0,
+        shards: Optional[str] = None,
     ):
         t = self.name
         check_choice(t, "tokenizer", tokenizer, ("char", "bpe"))
@@ -95,8 +111,24 @@ class TextTask(Task):
         super().__init__(
             path=str(path), tokenizer=tokenizer, seq_len=seq_len, bpe_vocab_size=bpe_vocab_size,
             split_fractions=fr, stride=stride, bos=bos, max_chars=max_chars,
-            n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
+            n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, **({"shards": str(shards)} if shards else {}),
         )
+        self.seq_len, self.bos = seq_len, bool(bos)
+        self.window = seq_len - (1 if bos else 0)  # corpus tokens per example
+        self.stride = stride or self.window
+        self._sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self._seed = seed
+        self._shards = None
+        if shards:
+            from ..training.data import ShardStream, read_shards
+
+            meta = read_shards(resolve_shards(shards))
+            self._shards = {k: ShardStream(v["arrays"]) for k, v in meta["splits"].items()}
+            self.tokenizer = load_tokenizer(Path(resolve_shards(shards)) / meta["tokenizer"])
+            missing = [s for s in SPLITS if s not in self._shards]
+            if missing:
+                raise TaskConfigError(f"{t}: shards {shards!r} have no split(s) {missing}")
+            return
         text = resolve_path(path).read_text(encoding="utf-8")
         if max_chars is not None:
             text = text[:max_chars]
@@ -105,11 +137,6 @@ class TextTask(Task):
         c2 = c1 + int(n * fr[1])
         self.char_ranges = {"train": (0, c1), "val": (c1, c2), "test": (c2, n)}
         self._text = text
-        self.seq_len, self.bos = seq_len, bool(bos)
-        self.window = seq_len - (1 if bos else 0)  # corpus tokens per example
-        self.stride = stride or self.window
-        self._sizes = {"train": n_train, "val": n_val, "test": n_test}
-        self._seed = seed
         if tokenizer == "char":
             self.tokenizer: Tokenizer = char_tokenizer(text)
         else:
@@ -125,12 +152,22 @@ class TextTask(Task):
         segments = [PROMPT] + [ANSWER] * (len(input_ids) - 1)
         return Example(input_ids, labels, segments, self.tokenizer.decode(input_ids), dict(split=split, start=start))
 
+    def _split_ids(self, name: str):
+        """The split's token stream: a list of ids, or a `ShardStream` for shards on disk."""
+        if self._shards is not None:
+            return self._shards[name]
+        lo, hi = self.char_ranges[name]
+        return self.tokenizer.encode(self._text[lo:hi])
+
     def _build_splits(self) -> dict[str, Sequence[Example]]:
         out = {}
+        self._streams = {}
         for k, name in enumerate(SPLITS):
-            lo, hi = self.char_ranges[name]
-            ids = self.tokenizer.encode(self._text[lo:hi])
-            starts = list(range(0, len(ids) - self.window + 1, self.stride))
+            ids = self._split_ids(name)
+            if isinstance(ids, list):
+                starts = list(range(0, len(ids) - self.window + 1, self.stride))
+            else:
+                starts = ids.window_starts(self.window, self.stride)
             want = self._sizes[name]
             if want is not None:
                 if want > len(starts):
@@ -138,9 +175,22 @@ class TextTask(Task):
                         f"{self.name}: n_{name}={want} but the {name} range has only {len(starts)} windows "
                         f"of {self.window} tokens"
                     )
-                starts = sorted(random.Random(self._seed * 1_000_003 + k).sample(starts, want))
+                picked = sorted(random.Random(self._seed * 1_000_003 + k).sample(range(len(starts)), want))
+                starts = [starts[i] for i in picked] if isinstance(starts, list) else starts[picked]
             out[name] = _Windows(self, ids, starts, name)
         return out
+
+    def token_windows(self, split: str):
+        """The split as a `interp.training.data.WindowTensors` (token stream + window starts) on
+        the CPU: the trainer gathers batches from it on the device without building Examples."""
+        import torch
+
+        from ..training.data import WindowTensors
+
+        windows = self.split(split)
+        starts = torch.as_tensor(np.asarray(windows.starts, dtype=np.int64))
+        stream = windows.ids if not isinstance(windows.ids, list) else torch.tensor(windows.ids, dtype=torch.long)
+        return WindowTensors(stream, starts, self.window, self.tokenizer.bos_token_id if self.bos else None)
 
     def lengths(self, split: str) -> list[int]:
         return [self.seq_len] * len(self.split(split))

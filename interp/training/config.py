@@ -1,0 +1,342 @@
+"""Run configs: YAML + `--set` overrides -> a validated dict; building the task and model from it.
+
+A config has four sections:
+
+* `name`: the run's name (default: the YAML file's stem); `train.out_dir` defaults to `runs/<name>`.
+* `model`: `preset` and `size` (see `models.presets`), any other key overrides a `ModelConfig`
+  field. `d_vocab` and the special token ids come from the task's tokenizer; `n_ctx` grows to
+  the task's `max_len` unless set.
+* `task`: `name` plus the keyword arguments of `interp.tasks.make_task`.
+* `train`: see `DEFAULT_TRAIN` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import re
+from dataclasses import fields as dc_fields
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+import yaml
+from pathlib import Path
+
+from models import ModelConfig, presets
+
+PathLike = Union[str, os.PathLike]
+
+DEFAULT_TRAIN: dict[str, Any] = dict(
+    steps=1000,  # total optimizer steps (also the cosine schedule's length)
+    stop_at=None,  # stop (and checkpoint) after this step, keeping the schedule of `steps`
+    batch_size=32,  # examples per micro-batch, or "full": the whole train split every step
+    grad_accum=1,  # micro-batches per optimizer step
+    lr=1e-3,
+    warmup=100,  # linear warmup steps
+    min_lr=None,  # cosine floor; None -> lr / 10
+    weight_decay=0.1,
+    decay_all=False,  # true: decay every parameter (Nanda et al.'s grokking setup), not only matrices
+    betas=[0.9, 0.95],
+    eps=1e-8,
+    grad_clip=1.0,  # max global grad norm; 0 or None disables clipping
+    eval_every=200,
+    eval_batches=10,  # val batches for loss / per-segment loss (0: the whole split)
+    eval_batch_size=None,  # None -> batch_size
+    eval_generate=64,  # examples for greedy exact-match accuracy (0 disables)
+    eval_split="val",
+    save_every=500,
+    keep_last=3,  # step checkpoints kept (plus best); "all" keeps the whole series, compactly
+    save_dtype=None,  # fp16 | bf16: store the weights of step checkpoints in half precision
+    metrics=[],  # progress measures run at each eval (interp.training.progress.MEASURES)
+    log_every=10,
+    seed=0,
+    device="auto",  # auto | cpu | cuda | cuda:N
+    dtype="auto",  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (CPU autocast on CPU too) | fp32
+    compile=None,  # None -> on CUDA only
+    cuda_graphs="auto",  # auto | true | false: capture the whole train step (CUDA, static shapes)
+    gradient_checkpointing=False,
+    seq_len_curriculum=None,  # [[step, max_len], ...]: from `step` on, truncate to `max_len`
+    out_dir=None,  # None -> runs/<name>
+    overwrite=False,  # a fresh run into an out_dir holding checkpoints: delete them (else refuse)
+    progress=True,  # tqdm progress bar
+    tensorboard=False,
+    wandb=False,
+    wandb_project="interp",
+    deterministic=False,  # torch.use_deterministic_algorithms (CUDA)
+)
+TOP_LEVEL = ("name", "description", "model", "task", "train")
+MODEL_FIELDS = {f.name for f in dc_fields(ModelConfig) if not f.metadata.get("runtime")}
+MODEL_META = ("preset", "size", "overrides")
+SEGMENT_FALLBACK = ("prompt", "step", "answer")
+
+
+class TrainConfigError(ValueError):
+    """The run config cannot be used; the message names the key."""
+
+
+# ============================================================================ config
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `3e-4` / `1e5` as floats (YAML 1.2), not strings."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: YAML scalar/list syntax (`3e-4`, `true`, `[[0, 32], [500, 64]]`, `null`)."""
+    return yaml.load(text, Loader=_YamlLoader) if text.strip() else ""
+
+
+def read_yaml(path: PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise TrainConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{path}: malformed YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """Apply `section.key=value` strings in place. A bare `key=value` goes to the section
+    that knows the key (`train` first, then `model`), e.g. `steps=10`, `d_model=128`."""
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise TrainConfigError(f"--set {item!r}: expected key=value (e.g. train.lr=3e-4)")
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] not in TOP_LEVEL:
+            if parts[0] in DEFAULT_TRAIN:
+                parts = ["train", parts[0]]
+            elif parts[0] in MODEL_FIELDS or parts[0] in MODEL_META:
+                parts = ["model", parts[0]]
+            else:
+                raise TrainConfigError(
+                    f"--set {item!r}: unknown key {parts[0]!r}; write section.key (train., model., task.)"
+                )
+        node = cfg
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise TrainConfigError(f"--set {item!r}: {p!r} is not a section")
+        node[parts[-1]] = parse_value(raw)
+    return cfg
+
+
+def load_run_config(config: Union[None, dict, PathLike], overrides: Iterable[str] = ()) -> dict:
+    """Read (YAML path or dict), apply overrides, fill defaults and validate."""
+    if config is None:
+        cfg: dict = {}
+    elif isinstance(config, dict):
+        cfg = copy.deepcopy(config)
+    else:
+        cfg = read_yaml(config)
+    apply_overrides(cfg, overrides)
+    return normalize_config(cfg)
+
+
+def normalize_config(cfg: dict) -> dict:
+    unknown = sorted(set(cfg) - set(TOP_LEVEL))
+    if unknown:
+        raise TrainConfigError(f"unknown top-level config key(s) {unknown}; expected {list(TOP_LEVEL)}")
+    model = dict(cfg.get("model") or {})
+    model.setdefault("preset", "vanilla")
+    model.setdefault("size", "tiny")
+    bad = sorted(set(model) - MODEL_FIELDS - set(MODEL_META))
+    if bad:
+        raise TrainConfigError(f"model: unknown key(s) {bad}; use preset, size, or ModelConfig fields")
+    if model["preset"] is not None and model["preset"] not in presets.ARCHITECTURES:
+        raise TrainConfigError(f"model.preset={model['preset']!r}; choose from {list(presets.ARCHITECTURES)}")
+    if model["preset"] is not None and model["size"] not in presets.SIZES:
+        raise TrainConfigError(f"model.size={model['size']!r}; choose from {list(presets.SIZES)}")
+    task = dict(cfg.get("task") or {})
+    if "name" not in task:
+        raise TrainConfigError("task: needs a 'name' (arithmetic | modular | induction | text | a registered task)")
+    train_cfg = dict(DEFAULT_TRAIN)
+    given = dict(cfg.get("train") or {})
+    bad = sorted(set(given) - set(DEFAULT_TRAIN))
+    if bad:
+        raise TrainConfigError(f"train: unknown key(s) {bad}; known: {sorted(DEFAULT_TRAIN)}")
+    train_cfg.update(given)
+    _validate_train(train_cfg)
+    name = cfg.get("name") or f"{model['preset']}-{model['size']}_{task['name']}"
+    out = {"name": str(name), "model": model, "task": task, "train": train_cfg}
+    if cfg.get("description"):
+        out["description"] = cfg["description"]
+    return out
+
+
+def _validate_train(t: dict) -> None:
+    if t["batch_size"] != "full":
+        _positive_int(t, "batch_size", 'or "full"')
+    if t["keep_last"] != "all":
+        _positive_int(t, "keep_last", 'or "all"')
+    for key in ("steps", "grad_accum", "eval_every", "save_every", "log_every"):
+        _positive_int(t, key)
+    for key in ("warmup", "eval_batches", "eval_generate", "seed"):
+        if not isinstance(t[key], int) or t[key] < 0:
+            raise TrainConfigError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
+    for key in ("lr", "weight_decay", "eps"):
+        if not isinstance(t[key], (int, float)) or t[key] < 0:
+            raise TrainConfigError(f"train.{key} must be a non-negative number, got {t[key]!r}")
+    if t["min_lr"] is not None and not isinstance(t["min_lr"], (int, float)):
+        raise TrainConfigError(f"train.min_lr must be a number or null, got {t['min_lr']!r}")
+    if not (isinstance(t["betas"], (list, tuple)) and len(t["betas"]) == 2):
+        raise TrainConfigError(f"train.betas must be [beta1, beta2], got {t['betas']!r}")
+    if t["stop_at"] is not None and (not isinstance(t["stop_at"], int) or t["stop_at"] < 1):
+        raise TrainConfigError(f"train.stop_at must be a positive integer or null, got {t['stop_at']!r}")
+    if str(t["dtype"]).lower() not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
+        raise TrainConfigError(f"train.dtype must be auto | bf16 | fp32, got {t['dtype']!r}")
+    if t["save_dtype"] not in (None, "fp16", "bf16", "fp32"):
+        raise TrainConfigError(f"train.save_dtype must be null | fp16 | bf16 | fp32, got {t['save_dtype']!r}")
+    if t["cuda_graphs"] not in ("auto", True, False):
+        raise TrainConfigError(f"train.cuda_graphs must be auto | true | false, got {t['cuda_graphs']!r}")
+    if not isinstance(t["metrics"], (list, tuple)) or not all(isinstance(m, str) for m in t["metrics"]):
+        raise TrainConfigError(f"train.metrics must be a list of progress-measure names, got {t['metrics']!r}")
+    from .progress import MEASURES
+
+    unknown = [m for m in t["metrics"] if m not in MEASURES]
+    if unknown:
+        raise TrainConfigError(f"train.metrics: unknown progress measure(s) {unknown}; known: {sorted(MEASURES)}")
+    Curriculum(t["seq_len_curriculum"])  # validates
+
+
+def _positive_int(t: dict, key: str, alternative: str = "") -> None:
+    if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 1:
+        raise TrainConfigError(f"train.{key} must be a positive integer{' ' + alternative if alternative else ''}, "
+                               f"got {t[key]!r}")
+
+
+class Curriculum:
+    """`[[step, max_len], ...]`: from optimizer step `step` (0-based) on, truncate to `max_len`."""
+
+    def __init__(self, spec: Optional[Sequence[Sequence[int]]]):
+        self.points: list[tuple[int, int]] = []
+        for item in spec or []:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(v, int) for v in item)):
+                raise TrainConfigError(f"train.seq_len_curriculum entries must be [step, max_len] integers, got {item!r}")
+            if item[0] < 0 or item[1] < 2:
+                raise TrainConfigError(f"train.seq_len_curriculum entry {list(item)}: need step >= 0 and max_len >= 2")
+            self.points.append((int(item[0]), int(item[1])))
+        self.points.sort()
+
+    def at(self, step: int) -> Optional[int]:
+        current = None
+        for start, max_len in self.points:
+            if start <= step:
+                current = max_len
+        return current
+
+    @property
+    def max(self) -> Optional[int]:
+        return max((m for _, m in self.points), default=None)
+
+
+# ============================================================================ building
+TASK_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register_task(name: str, factory: Callable[..., Any]) -> None:
+    """Make `task: {name: NAME, ...}` build `factory(**kwargs)` instead of `interp.tasks.make_task`."""
+    TASK_REGISTRY[name] = factory
+
+
+def build_task(task_cfg: dict):
+    kwargs = dict(task_cfg)
+    name = kwargs.pop("name")
+    if name in TASK_REGISTRY:
+        return TASK_REGISTRY[name](**kwargs)
+    from interp.tasks import make_task
+
+    try:
+        return make_task(name, **kwargs)
+    except TypeError as e:
+        raise TrainConfigError(f"task {name!r}: bad arguments {sorted(kwargs)}: {e}") from None
+
+
+def build_model_config(model_cfg: dict, tokenizer: Any = None, max_len: Optional[int] = None) -> ModelConfig:
+    """The `model` section + the tokenizer's vocabulary and special ids -> `ModelConfig`."""
+    section = dict(model_cfg)
+    preset, size = section.pop("preset", "vanilla"), section.pop("size", "tiny")
+    overrides = dict(section.pop("overrides", None) or {})
+    overrides.update(section)
+    fields: dict[str, Any] = {}
+    if tokenizer is not None:
+        fields["d_vocab"] = int(tokenizer.vocab_size)
+        specials = tokenizer.special_token_ids() if hasattr(tokenizer, "special_token_ids") else {}
+        for key, value in (specials or {}).items():
+            if key in MODEL_FIELDS and value is not None:
+                fields[key] = int(value)
+    if max_len and "n_ctx" not in overrides:
+        base = presets.SIZES[size][3] if preset is not None else ModelConfig.n_ctx
+        fields["n_ctx"] = max(base, int(max_len))
+    fields.update(overrides)
+    if tokenizer is not None and fields["d_vocab"] < tokenizer.vocab_size:
+        raise TrainConfigError(f"model.d_vocab={fields['d_vocab']} < the tokenizer's vocab_size {tokenizer.vocab_size}")
+    if preset is None:
+        return ModelConfig(**fields)
+    return presets.config(preset, size, **fields)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """Decay matrices; no decay for biases, norms, embeddings and other <2-D parameters
+    (unless `decay_all`)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if not decay_all and (p.ndim < 2 or id(p) in embeddings or name.endswith("W_pos")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, t: dict) -> float:
+    """Linear warmup over `warmup` steps, then cosine from `lr` to `min_lr` at `steps`."""
+    lr, steps, warmup = float(t["lr"]), int(t["steps"]), int(t["warmup"])
+    min_lr = float(t["min_lr"]) if t["min_lr"] is not None else lr / 10
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainConfigError(f"train.device={name!r} but CUDA is not available")
+    return device
+
+
+def autocast_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 autocast: on CUDA for `auto` and `bf16`; on CPU only when asked (`bf16`), where
+    torch's CPU autocast runs matmuls in bf16 (slower than fp32 on most CPUs, but honest)."""
+    name = str(name).lower()
+    if name in ("fp32", "float32"):
+        return None
+    if device.type == "cuda":
+        if name == "auto" and not torch.cuda.is_bf16_supported():
+            return None
+        return torch.bfloat16
+    return torch.bfloat16 if name in ("bf16", "bfloat16") else None
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,377 @@
+"""The training data path: tasks materialised once into tensors on the training device.
+
+No per-step Python collation. A split becomes either
+
+* `ExampleTensors`: every example right-padded to the split's longest, as (n, pos) tensors
+  (input_ids, labels with the task's masking already applied, attention_mask, segments), or
+* `WindowTensors`: for text, the split's token stream plus the start offset of every window;
+  a batch is a gather `stream[start + arange(window)]`, or, for corpora on disk, a read from
+  memory-mapped token shards (`interp data prepare`) into pinned memory by a background thread.
+
+`StepSampler` says which examples step `s` trains on: positions `[s * B, (s + 1) * B)` of an
+endless stream that visits the split in a fresh permutation per epoch, seeded by
+`(seed, epoch)` (the permutation is drawn on the CPU, so runs are reproducible across
+devices, and moved to the device once per epoch). Any step's batch can be rebuilt from the
+step number alone, which makes resume exact and accumulation a pure split of the step.
+
+Right padding needs no attention mask in a causal model (a real query never sees a later
+pad key) and pads are never targets (labels -100), so training batches run the unmasked,
+fused attention path at a fixed width: static shapes, which CUDA graphs need.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Int
+
+IGNORE_INDEX = -100
+PAD_SEGMENT = -1
+
+
+class MicroBatch(NamedTuple):
+    input_ids: Int[torch.Tensor, "b pos"]
+    labels: Int[torch.Tensor, "b pos"]
+    n_tokens: torch.Tensor  # real (non-pad) tokens, a device scalar: read only at log time
+    n_truncated: torch.Tensor  # examples cut by max_len
+
+    def to(self, device, non_blocking: bool = True) -> "MicroBatch":
+        return MicroBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+# ============================================================================ examples
+@dataclass
+class ExampleTensors:
+    """One split, materialised. Rows are right-padded with `pad_id` to the longest example."""
+
+    input_ids: Int[torch.Tensor, "n pos"]
+    labels: Int[torch.Tensor, "n pos"]  # unshifted (HF style), -100 on pads and non-targets
+    attention_mask: Bool[torch.Tensor, "n pos"]
+    segments: Int[torch.Tensor, "n pos"]  # 0 prompt / 1 step / 2 answer, -1 on pads
+    lengths: Int[torch.Tensor, "n"]
+
+    @classmethod
+    def from_examples(cls, examples: Sequence, pad_id: int, device: Union[str, torch.device] = "cpu") -> "ExampleTensors":
+        if len(examples) == 0:
+            raise ValueError("cannot materialise an empty split")
+        n = len(examples)
+        lengths = np.fromiter((len(examples[i].input_ids) for i in range(n)), dtype=np.int64, count=n)
+        width = int(lengths.max())
+        ids = np.full((n, width), int(pad_id), dtype=np.int64)
+        labels = np.full((n, width), IGNORE_INDEX, dtype=np.int64)
+        segments = np.full((n, width), PAD_SEGMENT, dtype=np.int64)
+        for i in range(n):
+            ex, k = examples[i], lengths[i]
+            ids[i, :k] = ex.input_ids
+            labels[i, :k] = ex.labels
+            segments[i, :k] = ex.segments
+        lengths_t = torch.from_numpy(lengths)
+        mask = torch.arange(width)[None, :] < lengths_t[:, None]
+        out = cls(torch.from_numpy(ids), torch.from_numpy(labels), mask, torch.from_numpy(segments), lengths_t)
+        return out.to(device)
+
+    def to(self, device: Union[str, torch.device]) -> "ExampleTensors":
+        return ExampleTensors(*(getattr(self, f).to(device) for f in
+                                ("input_ids", "labels", "attention_mask", "segments", "lengths")))
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.input_ids.shape[1]
+
+    def rows(self, idx: Int[torch.Tensor, "b"], max_len: Optional[int] = None) -> MicroBatch:
+        """Rows `idx`, cut to `max_len` columns."""
+        cols = slice(None, max_len)
+        lengths = self.lengths[idx]
+        if max_len is None:
+            return MicroBatch(self.input_ids[idx], self.labels[idx], lengths.sum(), torch.zeros_like(lengths[0]))
+        return MicroBatch(self.input_ids[idx, cols], self.labels[idx, cols], lengths.clamp(max=max_len).sum(),
+                          (lengths > max_len).sum())
+
+
+# ============================================================================ text windows
+@dataclass
+class WindowTensors:
+    """A text split as its token stream and window starts. Example `i` is
+    `[<bos>] + stream[starts[i] : starts[i] + window]`; every stream token is a target."""
+
+    stream: Union[torch.Tensor, "ShardStream"]  # (n_tokens,) long on the device, or shards on disk
+    starts: Int[torch.Tensor, "n"]
+    window: int
+    bos_id: Optional[int]
+
+    def __len__(self) -> int:
+        return self.starts.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.window + (self.bos_id is not None)
+
+    def to(self, device) -> "WindowTensors":
+        stream = self.stream if isinstance(self.stream, ShardStream) else self.stream.to(device)
+        return WindowTensors(stream, self.starts.to(device), self.window, self.bos_id)
+
+    def rows(self, idx: Int[torch.Tensor, "b"], max_len: Optional[int] = None) -> MicroBatch:
+        starts = self.starts[idx]
+        if isinstance(self.stream, ShardStream):
+            body = self.stream.gather(starts.cpu().numpy(), self.window)
+        else:
+            body = self.stream[starts[:, None] + torch.arange(self.window, device=starts.device)]
+        if self.bos_id is not None:
+            body = torch.cat([torch.full_like(body[:, :1], self.bos_id), body], dim=1)
+        labels = body.clone()
+        labels[:, 0] = IGNORE_INDEX  # the first token has no prediction before it
+        body, labels = body[:, :max_len], labels[:, :max_len]
+        truncated = int(max_len is not None and max_len < self.width) * body.shape[0]
+        return MicroBatch(body, labels, torch.tensor(body.numel()), torch.tensor(truncated))
+
+
+class ShardStream:
+    """Memory-mapped token shards read as one stream; windows never cross a shard boundary
+    (`window_starts` only yields starts that fit inside their shard)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]):
+        self.arrays = list(arrays)
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def window_starts(self, window: int, stride: int) -> np.ndarray:
+        parts = [np.arange(0, len(a) - window + 1, stride, dtype=np.int64) + off
+                 for a, off in zip(self.arrays, self.offsets) if len(a) >= window]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def gather(self, starts: np.ndarray, window: int) -> torch.Tensor:
+        shard = np.searchsorted(self.offsets, starts, side="right") - 1
+        rows = np.empty((len(starts), window), dtype=np.int64)
+        for r, (k, s) in enumerate(zip(shard, starts)):
+            local = s - self.offsets[k]
+            rows[r] = self.arrays[k][local : local + window]
+        return torch.from_numpy(rows)
+
+
+SplitTensors = Union[ExampleTensors, WindowTensors]
+
+
+def materialise(task: Any, split: str, pad_id: int, device: Union[str, torch.device]) -> SplitTensors:
+    """A task split as tensors on `device` (text tasks as windows over their token stream)."""
+    if hasattr(task, "token_windows"):
+        return task.token_windows(split).to(device)
+    return ExampleTensors.from_examples(task.split(split), pad_id, device)
+
+
+# ============================================================================ sampling
+class StepSampler:
+    """Which rows step `s` trains on: deterministic in (seed, step), no iterator state."""
+
+    def __init__(self, n: int, per_step: int, seed: int, device: Union[str, torch.device]):
+        if n == 0:
+            raise ValueError("the training split is empty")
+        self.n, self.per_step, self.seed, self.device = n, per_step, seed, torch.device(device)
+        self._perms: dict[int, torch.Tensor] = {}
+        self._all = torch.arange(n, device=self.device)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = torch.randperm(self.n, generator=g).to(self.device)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> Int[torch.Tensor, "per_step"]:
+        """Row indices of step `step` (device tensor; slicing only: no sync, no host copy)."""
+        if self.per_step == self.n and self.n_full:
+            return self._all
+        parts, pos, end = [], step * self.per_step, (step + 1) * self.per_step
+        while pos < end:
+            epoch, i = divmod(pos, self.n)
+            take = min(self.n - i, end - pos)
+            parts.append(self.permutation(epoch)[i : i + take])
+            pos += take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    n_full = False  # set by `full_batch`: every step is the whole split in order
+
+
+def full_batch(n: int, device) -> StepSampler:
+    sampler = StepSampler(n, n, 0, device)
+    sampler.n_full = True
+    return sampler
+
+
+class Prefetcher:
+    """Builds the next steps' batches on a background thread (memmap reads into pinned
+    memory) and copies them to the device asynchronously. For shards on disk only; data
+    already on the device needs no help."""
+
+    def __init__(self, build, device: torch.device, depth: int = 4):
+        self.build, self.device, self.depth = build, device, depth
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._next = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+    def start(self, first_step: int) -> None:
+        self.close()
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=self.depth)
+        self._next = first_step
+        self._thread = threading.Thread(target=self._work, args=(first_step,), daemon=True)
+        self._thread.start()
+
+    def _work(self, step: int) -> None:
+        while not self._stop.is_set():
+            try:
+                item = (step, self.build(step))
+            except Exception as e:  # surfaced in get()
+                item = (step, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            step += 1
+
+    def get(self, step: int):
+        if self._thread is None or step != self._next:
+            self.start(step)
+        got, batch = self._queue.get()
+        self._next = step + 1
+        if isinstance(batch, Exception):
+            raise batch
+        pin = self.device.type == "cuda"
+        return [MicroBatch(*(t.pin_memory() if pin else t for t in mb)).to(self.device) for mb in batch]
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._thread = None
+
+
+class TrainData:
+    """Step `s` -> its `MicroBatch`es as device tensors of a fixed width."""
+
+    def __init__(self, tensors: SplitTensors, batch_size: Union[int, str], grad_accum: int, seed: int,
+                 device: Union[str, torch.device]):
+        self.tensors = tensors
+        self.device = torch.device(device)
+        n = len(tensors)
+        if batch_size == "full":
+            if grad_accum != 1:
+                raise ValueError("batch_size: full trains on the whole split each step; grad_accum must be 1")
+            self.batch_size = n
+            self.sampler = full_batch(n, self._index_device)
+        else:
+            self.batch_size = int(batch_size)
+            self.sampler = StepSampler(n, self.batch_size * grad_accum, seed, self._index_device)
+        self.grad_accum = grad_accum
+        on_disk = isinstance(tensors, WindowTensors) and isinstance(tensors.stream, ShardStream)
+        self._prefetch = Prefetcher(self._build, self.device) if on_disk else None
+
+    @property
+    def _index_device(self) -> torch.device:
+        on_disk = isinstance(self.tensors, WindowTensors) and isinstance(self.tensors.stream, ShardStream)
+        return torch.device("cpu") if on_disk else self.device
+
+    @property
+    def width(self) -> int:
+        return self.tensors.width
+
+    def _build(self, step: int, max_len: Optional[int] = None) -> list[MicroBatch]:
+        idx = self.sampler.indices(step)
+        b = self.batch_size
+        return [self.tensors.rows(idx[i : i + b], max_len) for i in range(0, idx.shape[0], b)]
+
+    def micro_batches(self, step: int, max_len: Optional[int] = None) -> list[MicroBatch]:
+        if self._prefetch is not None and max_len is None:
+            return self._prefetch.get(step)
+        return [mb.to(self.device) for mb in self._build(step, max_len)]
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+
+
+# ============================================================================ token shards
+SHARD_FORMAT = "interp-token-shards"
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def write_shards(out_dir: Path, split_ids: dict[str, Any], vocab_size: int, tokenizer: Any, task: dict,
+                 shard_tokens: int = 100_000_000) -> Path:
+    """Write each split's token ids (an iterable of id chunks) as `SPLIT_NNNN.bin` shards of at
+    most `shard_tokens` tokens, plus `meta.json` and `tokenizer.json`. Returns `out_dir`."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = shard_dtype(vocab_size)
+    meta = {"format": SHARD_FORMAT, "version": 1, "dtype": dtype.name, "vocab_size": int(vocab_size),
+            "tokenizer": "tokenizer.json", "task": task, "splits": {}}
+    for split, chunks in split_ids.items():
+        files, total, k, fill, f = [], 0, 0, 0, None
+        bar = tqdm(desc=f"{split}", unit="tok", unit_scale=True, leave=False)
+        for chunk in chunks:
+            arr = np.asarray(chunk, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                raise ValueError(f"token id out of range [0, {vocab_size}) in split {split!r}")
+            arr = arr.astype(dtype)
+            while arr.size:
+                if f is None or fill == shard_tokens:
+                    if f is not None:
+                        f.close()
+                    name = f"{split}_{k:04d}.bin"
+                    files.append({"file": name, "n_tokens": 0})
+                    f, fill, k = open(out_dir / name, "wb"), 0, k + 1
+                take = min(arr.size, shard_tokens - fill)
+                f.write(arr[:take].tobytes())
+                files[-1]["n_tokens"] += int(take)
+                fill += take
+                total += take
+                bar.update(int(take))
+                arr = arr[take:]
+        if f is not None:
+            f.close()
+        bar.close()
+        meta["splits"][split] = {"files": files, "n_tokens": total}
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def read_shards(shard_dir: Union[str, Path]) -> dict:
+    """meta.json of a shard directory, with every split's shards opened as read-only memmaps
+    under `meta["splits"][split]["arrays"]`."""
+    shard_dir = Path(shard_dir)
+    meta_file = shard_dir / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{shard_dir}: no meta.json; write token shards with `interp data prepare`")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != SHARD_FORMAT:
+        raise ValueError(f"{meta_file}: not an interp token-shard directory (format={meta.get('format')!r})")
+    dtype = np.dtype(meta["dtype"])
+    for split, info in meta["splits"].items():
+        arrays = []
+        for entry in info["files"]:
+            path = shard_dir / entry["file"]
+            expected = entry["n_tokens"] * dtype.itemsize
+            if not path.is_file() or path.stat().st_size != expected:
+                raise ValueError(f"{path}: missing or truncated shard (expected {expected} bytes)")
+            arrays.append(np.memmap(path, dtype=dtype, mode="r") if entry["n_tokens"] else np.zeros(0, dtype))
+        info["arrays"] = arrays
+    return meta
