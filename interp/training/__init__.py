@@ -41,12 +41,12 @@ from .config import (
 )
 from .data import ExampleTensors, StepSampler, TrainData, WindowTensors, materialise
 from .evaluate import EvalData, evaluate, evaluate_checkpoint, exact_match
-from .loop import Trainer, train
+from .loop import TRAINERS, Trainer, register_trainer, train
 from .progress import MEASURES, register as register_measure
 
 __all__ = [
     "DEFAULT_TRAIN", "TASK_REGISTRY", "Curriculum", "TrainConfigError", "apply_overrides", "autocast_dtype",
     "build_model_config", "build_task", "load_run_config", "lr_at", "param_groups", "read_yaml", "register_task",
     "resolve_device", "ExampleTensors", "StepSampler", "TrainData", "WindowTensors", "materialise", "EvalData",
-    "evaluate", "evaluate_checkpoint", "exact_match", "Trainer", "train", "MEASURES", "register_measure",
+    "evaluate", "evaluate_checkpoint", "exact_match", "Trainer", "train", "TRAINERS", "register_trainer", "MEASURES", "register_measure",
 ]

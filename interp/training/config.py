@@ -65,6 +65,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     wandb=False,
     wandb_project="interp",
     deterministic=False,  # torch.use_deterministic_algorithms (CUDA)
+    trainer="default",  # a name registered with interp.training.loop.register_trainer
 )
 TOP_LEVEL = ("name", "description", "model", "task", "train")
 MODEL_FIELDS = {f.name for f in dc_fields(ModelConfig) if not f.metadata.get("runtime")}

@@ -85,10 +85,19 @@ def train(
             given = task.config() if hasattr(task, "config") else {}
             config["task"] = {"name": getattr(task, "name", "custom"), **given}
     cfg = load_run_config(config, overrides)
-    return Trainer(cfg, resume=ckpt_dir, task=task).run()
+    trainer = TRAINERS.get(cfg["train"]["trainer"])
+    if trainer is None:
+        raise TrainConfigError(f"train.trainer={cfg['train']['trainer']!r}; registered: {sorted(TRAINERS)}")
+    return trainer(cfg, resume=ckpt_dir, task=task).run()
 
 
 _STEP_NAME = re.compile(r"^step_\d+$")
+TRAINERS: dict[str, type] = {}
+
+
+def register_trainer(name: str, cls: type) -> None:
+    """Make `train.trainer: NAME` run `cls` (a `Trainer` subclass) instead of `Trainer`."""
+    TRAINERS[name] = cls
 
 
 # ============================================================================ one step
@@ -106,6 +115,16 @@ class StepRunner:
             self.lr = torch.zeros((), device=device)
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
+
+    def reset(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Forget captured graphs (and optionally switch to a new optimizer)."""
+        self._graphs.clear()
+        if optimizer is not None:
+            self.optimizer = optimizer
+            self.params = [p for g in optimizer.param_groups for p in g["params"]]
+            if self.graphs:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr
 
     def _compute(self, micro: list[tuple[torch.Tensor, torch.Tensor]]):
         n_target = sum((y[:, 1:] != -100).sum() for _, y in micro).clamp(min=1)
@@ -342,8 +361,7 @@ class Trainer:
             betas=tuple(t["betas"]), eps=float(t["eps"]),
             **({"fused": True} if cuda else {}), **({"capturable": True} if self.graphs else {}),
         )
-        self.data = TrainData(materialise(self.task, "train", self.pad_id, self.device), t["batch_size"],
-                              t["grad_accum"], t["seed"], self.device)
+        self.data = self.make_data()
         self.eval_data = EvalData(self.task, self.pad_id, self.device)
         keep = None if t["keep_last"] == "all" else t["keep_last"]
         self.manager = ckpt_lib.CheckpointManager(self.run_dir, keep_last=keep)
@@ -360,10 +378,24 @@ class Trainer:
             info(f"resumed from {resume} at step {self.start_step}")
         else:
             self._fresh_run_dir()
-        forward = torch.compile(self.model) if self._want_compile() else self.model
-        self.step_runner = StepRunner(self.model, forward, self.optimizer, float(t["grad_clip"] or 0), self.device,
-                                      self.amp, self.graphs)
+        self.step_runner = StepRunner(self.model, self.make_forward(), self.optimizer, float(t["grad_clip"] or 0),
+                                      self.device, self.amp, self.graphs)
         self.last_eval: Optional[dict] = None
+
+    # ------------------------------------------------------------------ extension points
+    def make_data(self) -> TrainData:
+        """The training data (subclasses: e.g. a curriculum stage's examples)."""
+        t = self.t
+        return TrainData(materialise(self.task, "train", self.pad_id, self.device), t["batch_size"], t["grad_accum"],
+                         t["seed"], self.device)
+
+    def make_forward(self):
+        """`forward(input_ids, return_type="loss", labels=..., loss_per_token=True)` for the step."""
+        return torch.compile(self.model) if self._want_compile() else self.model
+
+    def before_step(self, step: int, sinks: "Sinks") -> None:
+        """Called before every step (subclasses switch curriculum stages here; after changing
+        data shapes or the optimizer, call `self.step_runner.reset()`)."""
 
     def _fresh_run_dir(self) -> None:
         old = self.manager.checkpoints()
@@ -411,6 +443,7 @@ class Trainer:
         try:
             with _StopSignal() as stop:
                 for step in range(self.start_step, end):
+                    self.before_step(step, sinks)
                     max_len = self.curriculum.at(step)
                     micro = self.data.micro_batches(step, max_len)
                     lr = lr_at(step, t)
@@ -492,3 +525,6 @@ class Trainer:
         return self.manager.save(self.model, step, self.tokenizer, metric=metric, task=self.task_config,
                                  training=training, train_state=state, metrics=self.metrics_path,
                                  weights_dtype=SAVE_DTYPES[self.t["save_dtype"]])
+
+
+register_trainer("default", Trainer)
