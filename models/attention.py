@@ -144,7 +144,7 @@ class Attention(nn.Module):
             self.beta = nn.Parameter(torch.ones(self.n_heads))
             self.gamma = nn.Parameter(torch.ones(self.n_heads))
 
-        self.rotary = Rotary(cfg) if cfg.positional == "rope" else None
+        self.rotary = Rotary(cfg) if cfg.uses_rope else None
         if cfg.positional == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(self.n_heads))
         self.dropout = cfg.dropout

@@ -19,7 +19,8 @@ import torch
 FORMAT_VERSION = 1
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "positional": ("learned", "rope", "alibi", "none"),
+    # "learned+rope": a learned table added to the embeddings *and* rotary q/k (Yxanul)
+    "positional": ("learned", "rope", "alibi", "none", "learned+rope"),
     "norm": ("layernorm", "rmsnorm", "none"),
     "ffn": ("gelu", "gelu_new", "relu", "geglu", "swiglu"),
     "block": ("sequential", "parallel", "shaped"),
@@ -66,7 +67,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     dropout: float = 0.0
     init_range: float = 0.02
-    gradient_checkpointing: bool = False
+    # True: recompute every block in backward; N (int): every Nth block (layers N-1, 2N-1, ...)
+    gradient_checkpointing: bool | int = False
     # --- special tokens ------------------------------------------------------------------
     pad_token_id: Optional[int] = None
     bos_token_id: Optional[int] = None
@@ -110,7 +112,10 @@ class ModelConfig:
             )
         if not 0.0 < self.rope_fraction <= 1.0:
             raise ConfigError(f"rope_fraction must be in (0, 1], got {self.rope_fraction}")
-        if self.positional == "rope" and self.rotary_dim % 2:
+        gc = self.gradient_checkpointing
+        if not isinstance(gc, (bool, int)) or (not isinstance(gc, bool) and gc < 0):
+            raise ConfigError(f"gradient_checkpointing must be true/false or a layer interval N >= 1, got {gc!r}")
+        if self.uses_rope and self.rotary_dim % 2:
             raise ConfigError(
                 f"rope_fraction * d_head = {self.rotary_dim} must be even (d_head={self.d_head})"
             )
@@ -149,6 +154,24 @@ class ModelConfig:
         return int(round(self.d_head * self.rope_fraction))
 
     @property
+    def uses_learned_positions(self) -> bool:
+        """A learned position table is added to the embeddings (`learned`, `learned+rope`)."""
+        return self.positional in ("learned", "learned+rope")
+
+    @property
+    def uses_rope(self) -> bool:
+        """Queries and keys are rotated (`rope`, `learned+rope`)."""
+        return self.positional in ("rope", "learned+rope")
+
+    def checkpointed(self, layer: int) -> bool:
+        """Whether block `layer` recomputes its activations in backward: every block for
+        `gradient_checkpointing=True`, every Nth (layers N-1, 2N-1, ...) for an integer N."""
+        gc = self.gradient_checkpointing
+        if isinstance(gc, bool) or gc <= 1:
+            return bool(gc)
+        return (layer + 1) % gc == 0
+
+    @property
     def gated(self) -> bool:
         return self.ffn in GATED_FFNS
 
@@ -171,7 +194,9 @@ class ModelConfig:
 
     @property
     def positional_embedding_type(self) -> str:
-        return {"learned": "standard", "rope": "rotary", "alibi": "alibi", "none": "none"}[self.positional]
+        # learned+rope adds hook_pos_embed to the stream like "standard" (what TL's algebra reads)
+        return {"learned": "standard", "rope": "rotary", "alibi": "alibi", "none": "none",
+                "learned+rope": "standard"}[self.positional]
 
     @property
     def n_key_value_heads(self) -> Optional[int]:

@@ -64,6 +64,7 @@ class Rotary(nn.Module):
         self, x: Float[torch.Tensor, "batch pos head d_head"], cos: torch.Tensor, sin: torch.Tensor
     ) -> Float[torch.Tensor, "batch pos head d_head"]:
         r = self.rotary_dim
+        _check_rope_shapes(x, cos, sin, r)
         x_rot, x_pass = x[..., :r].float(), x[..., r:]
         if self.interleaved:
             x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
@@ -72,6 +73,25 @@ class Rotary(nn.Module):
             x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2 :]
             out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
         return torch.cat((out.to(x.dtype), x_pass), dim=-1)
+
+
+def _check_rope_shapes(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> None:
+    """x (batch, pos, head, d_head) against cos/sin (batch or 1, pos, 1, rotary_dim // 2): a
+    mismatch would otherwise broadcast silently or fail deep inside with unnamed shapes."""
+    want = (rotary_dim // 2,)
+    problem = None
+    if x.ndim != 4:
+        problem = f"x must be (batch, pos, head, d_head), got {tuple(x.shape)}"
+    elif x.shape[-1] < rotary_dim:
+        problem = f"x has d_head={x.shape[-1]} < rotary_dim={rotary_dim}"
+    elif cos.shape != sin.shape:
+        problem = f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} differ"
+    elif cos.ndim != 4 or cos.shape[2] != 1 or cos.shape[3:] != want or cos.shape[1] != x.shape[1] \
+            or cos.shape[0] not in (1, x.shape[0]):
+        problem = (f"cos/sin {tuple(cos.shape)} do not fit x {tuple(x.shape)}: expected "
+                   f"({x.shape[0]} or 1, {x.shape[1]}, 1, {want[0]}) = (batch, pos, 1, rotary_dim // 2)")
+    if problem is not None:
+        raise ValueError(f"RoPE shape mismatch: {problem}")
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

@@ -61,7 +61,7 @@ class HookedTransformer(HookedRootModule):
         self.tokenizer = tokenizer
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()
-        if cfg.positional == "learned":
+        if cfg.uses_learned_positions:
             self.pos_embed = LearnedPositions(cfg)
             self.hook_pos_embed = HookPoint()
         self.drop = nn.Dropout(cfg.dropout)
@@ -176,7 +176,7 @@ class HookedTransformer(HookedRootModule):
         ctx = self._context(shape, device, attention_mask, position_ids, past_kv_cache)
 
         x = self.hook_embed(embeds)
-        if self.cfg.positional == "learned":
+        if self.cfg.uses_learned_positions:
             # Unpadded positions are known on the host; padded ones are checked on the device.
             bound = ctx.past + shape[1] - 1 if position_ids is None and ctx.key_mask is None else None
             x = x + self.hook_pos_embed(self.pos_embed(ctx.q_pos, max_position=bound).expand(shape[0], -1, -1))
@@ -184,7 +184,7 @@ class HookedTransformer(HookedRootModule):
         stream = (x, torch.zeros_like(x)) if self.cfg.stream == "factored" else (x, None)
         for i, block in enumerate(self.blocks):
             kv = past_kv_cache.layers[i] if past_kv_cache is not None else None
-            if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.cfg.checkpointed(i) and self.training and torch.is_grad_enabled():
                 stream = checkpoint(block, stream, ctx, kv, use_reentrant=False)
             else:
                 stream = block(stream, ctx, kv)
@@ -252,7 +252,7 @@ class HookedTransformer(HookedRootModule):
             cache.positions = k_pos
             cache.n_real = n_real + new_mask.long().sum(-1)
         rope = None
-        if self.cfg.positional == "rope":
+        if self.cfg.uses_rope:
             rope = self.blocks[0].attn.rotary.angles(q_pos)
         return AttnContext(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, past=past, rope=rope)
 
@@ -347,7 +347,7 @@ class HookedTransformer(HookedRootModule):
 
     @property
     def W_pos(self) -> Float[torch.Tensor, "n_ctx d_model"]:
-        if self.cfg.positional != "learned":
+        if not self.cfg.uses_learned_positions:
             raise AttributeError(f"positional={self.cfg.positional!r} has no W_pos")
         return self.pos_embed.W_pos
 
@@ -378,13 +378,14 @@ class HookedTransformer(HookedRootModule):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.embed.weight.numel()
-            if self.cfg.positional == "learned":
+            if self.cfg.uses_learned_positions:
                 n -= self.pos_embed.W_pos.numel()
             if self.unembed is not None:
                 n -= self.unembed.weight.numel()
         return n
 
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+    def set_gradient_checkpointing(self, enabled: bool | int = True) -> None:
+        """True: every block recomputes its activations in backward; N: every Nth block."""
         self.cfg.gradient_checkpointing = enabled
 
     @torch.no_grad()
