@@ -98,16 +98,55 @@ class Block(nn.Module):
     def _stream_view(self, name: str, resid: torch.Tensor) -> torch.Tensor:
         """In the factored stream `hook_resid_*` is a read-only view of xt + xe: a hook that
         replaces it cannot say which stream the edit belongs to, so we refuse it (in-place
-        edits too, as TL's patch setters make: caught by the tensor's version counter)."""
+        edits too, as TL's patch setters make: caught by the tensor's version counter).
+
+        Observing is allowed, gradients included. A backward hook wraps the output in an
+        alias of `resid` (same storage, shape and strides), which is not an edit; the alias is
+        what the norm reads, so the hook fires. The gradient it sees is the one through this
+        block's norm (ln1 for resid_pre, ln2 for resid_mid), the only reader of the sum; the
+        sum at resid_post is read by nothing, so a backward hook there never fires. The full
+        per-stream gradients are at `hook_xt_*` / `hook_xe_*`. A backward hook that returns a
+        different gradient is refused like a forward edit.
+        """
         hook = getattr(self, f"hook_{name}")
         if not observed(hook):
             return resid
         version = resid._version
         out = hook(resid)
-        if out is not resid or resid._version != version:
-            raise RuntimeError(
-                f"blocks.{self.layer}.hook_{name} is a read-only view of xt + xe in a factored-stream "
-                f"model; patch blocks.{self.layer}.hook_xt_{name.split('_')[1]} or "
-                f"blocks.{self.layer}.hook_xe_{name.split('_')[1]} instead"
-            )
-        return resid
+        if not (out is resid or _aliases(out, resid)) or resid._version != version:
+            raise RuntimeError(self._read_only_message(name))
+        if out is not resid and out.requires_grad:
+            self._refuse_gradient_edits(name, resid, out)
+        return out
+
+    def _read_only_message(self, name: str) -> str:
+        stage = name.split("_")[1]
+        return (
+            f"blocks.{self.layer}.hook_{name} is a read-only view of xt + xe in a factored-stream "
+            f"model; patch blocks.{self.layer}.hook_xt_{stage} or "
+            f"blocks.{self.layer}.hook_xe_{stage} instead"
+        )
+
+    def _refuse_gradient_edits(self, name: str, resid: torch.Tensor, out: torch.Tensor) -> None:
+        """`resid` reaches the graph only through `out`, so its gradient must equal `out`'s
+        unless a backward hook replaced it on the way."""
+        seen: list[torch.Tensor] = []
+        out.register_hook(lambda g: seen.append(g))
+
+        def check(grad: torch.Tensor) -> None:
+            if seen and not torch.equal(seen[0], grad):
+                raise RuntimeError(
+                    self._read_only_message(name) + " (a backward hook there may read the gradient, not replace it)"
+                )
+
+        resid.register_hook(check)
+
+
+def _aliases(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when `a` is `b` under another name: same storage, offset, shape and strides."""
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+    )
