@@ -135,8 +135,12 @@ def export(
     ckpt: Path = typer.Argument(..., help="Checkpoint dir or run dir."),
     format: str = typer.Option("hf", "--format", help="Export format (hf: Hugging Face transformers)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
+    wrapper: bool = typer.Option(False, "--wrapper", help="Always use our InterpForCausalLM wrapper, even where "
+                                 "transformers has a native class (GPT-2 / Llama / GPT-J / MPT)."),
 ) -> None:
-    """Export a checkpoint (model and tokenizer) to a Hugging Face transformers directory."""
+    """Export a checkpoint (model and tokenizer) to a Hugging Face transformers directory: the
+    native transformers class where one exists, else our InterpForCausalLM wrapper (load it
+    with AutoModelForCausalLM.from_pretrained after `import models`)."""
     if format != "hf":
         _fail(f"unknown --format {format!r}; supported: hf")
     try:
@@ -150,10 +154,10 @@ def export(
     except CheckpointError as e:
         _fail(str(e))
     try:
-        export_hf(model, out, tokenizer)
+        hf_model = export_hf(model, out, tokenizer, arch="wrapper" if wrapper else "auto")
     except (NotImplementedError, ValueError) as e:
         _fail(f"cannot export {model.cfg.name} to HF transformers: {e}")
-    typer.echo(str(out))
+    typer.echo(f"{out} ({type(hf_model).__name__})")
 
 
 def main() -> None:  # pragma: no cover - `python -m interp.cli`

@@ -1,4 +1,4 @@
-"""Hugging Face `transformers` interop: import, export, save.
+"""Conversion to and from the native `transformers` architectures (GPT-2, Llama, GPT-J, MPT).
 
 ```python
 from transformers import AutoModelForCausalLM
@@ -42,8 +42,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .config import ModelConfig
-from .transformer import HookedTransformer
+from ..config import ModelConfig
+from ..transformer import HookedTransformer
 
 __all__ = [
     "from_hf", "to_hf", "export_hf", "config_from_hf", "config_to_hf", "hf_tokenizer", "mpt_slopes",
@@ -498,7 +498,12 @@ def _export_weights(model: HookedTransformer, hf_model: Any, table: list[Entry])
 # ---------------------------------------------------------------------------- public API
 def from_hf(hf_model: Any) -> HookedTransformer:
     """A `HookedTransformer` computing the same function as `hf_model` (a GPT2LMHeadModel,
-    LlamaForCausalLM, GPTJForCausalLM or MptForCausalLM), in the HF model's dtype, eval mode."""
+    LlamaForCausalLM, GPTJForCausalLM or MptForCausalLM), in the HF model's dtype, eval mode.
+    For our own wrapper (`models.hf.InterpForCausalLM`) it is the wrapped model itself."""
+    from .native import InterpForCausalLM
+
+    if isinstance(hf_model, InterpForCausalLM):
+        return hf_model.model.eval()
     cfg = config_from_hf(hf_model.config)
     arch = _arch_of_hf(hf_model.config)
     if type(hf_model).__name__ != arch.model_class:
@@ -528,11 +533,29 @@ def to_hf(model: HookedTransformer) -> Any:
     return hf_model.to(dtype=dtype, device=model.cfg.device).eval()
 
 
-def export_hf(model: HookedTransformer, out_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
-    """`to_hf(model).save_pretrained(out_dir)` (config.json + model.safetensors), plus the
-    tokenizer (`tokenizer` or `model.tokenizer`) when it has an HF form. Afterwards
-    `AutoModelForCausalLM.from_pretrained(out_dir)` loads offline. Returns the HF model."""
-    hf_model = to_hf(model)
+def export_hf(model: HookedTransformer, out_dir: str | os.PathLike, tokenizer: Any = None, *,
+              arch: str = "native") -> Any:
+    """Save `model` as a `transformers` directory (config.json + model.safetensors), plus the
+    tokenizer (`tokenizer` or `model.tokenizer`) when it has an HF form; returns the HF model.
+    `AutoModelForCausalLM.from_pretrained(out_dir)` then loads it offline.
+
+    `arch`: "native" converts to GPT-2 / Llama / GPT-J / MPT (`to_hf`) or raises
+    `HFConversionError`; "wrapper" saves our `InterpForCausalLM` (every architecture; loading
+    it needs `import models` first, which registers it with the Auto classes); "auto" is
+    native where possible, else the wrapper."""
+    if arch not in ("native", "auto", "wrapper"):
+        raise ValueError(f"arch={arch!r}: choose native | auto | wrapper")
+    from .native import InterpForCausalLM
+
+    hf_model = None
+    if arch != "wrapper":
+        try:
+            hf_model = to_hf(model)
+        except HFConversionError:
+            if arch == "native":
+                raise
+    if hf_model is None:
+        hf_model = InterpForCausalLM.from_hooked(model)
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir)
     hf_tok = hf_tokenizer(tokenizer if tokenizer is not None else model.tokenizer, model.cfg)
@@ -549,6 +572,8 @@ def hf_tokenizer(tokenizer: Any, cfg: Optional[ModelConfig] = None) -> Any:
         return None
     if hasattr(tokenizer, "save_pretrained"):
         return tokenizer
+    if hasattr(tokenizer, "to_transformers"):  # interp.tokenizers.Tokenizer: roles + chat template
+        return tokenizer.to_transformers()
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
