@@ -1,10 +1,12 @@
-"""interp explorer: attention patterns, streams, logit lens, step-by-step generation and
-step-masking comparison on a trained checkpoint.
+"""interp explorer: attention, streams, logit lens, step-by-step generation, checkpoint
+comparison and training curves for a trained checkpoint, in one URL-backed view.
 
     streamlit run app/explorer.py -- [--ckpt DIR_OR_NAME]        (or `make explore`)
 
-Checkpoints are discovered as `$INTERP_CHECKPOINT_ROOT/*/config.json` (default
-`data/checkpoints/`); `shakespeare_factored_alibi` is opened first when present.
+Checkpoints and runs are found under `$INTERP_CHECKPOINT_ROOT` (default `data/checkpoints`
+and `data/runs`, see app/data.py); `shakespeare_factored_alibi` opens first when present.
+The whole view (checkpoint, step, page, prompt, layer, head, position, options) lives in the
+URL (app/state.py); pages are modules in app/views/.
 """
 
 from __future__ import annotations
@@ -20,66 +22,75 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 st.set_page_config(page_title="interp explorer", layout="wide")
-_cold = "app.state" not in sys.modules
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}</style>")  # more room for figures
+_cold = "app.data" not in sys.modules
 _boot = st.empty()
-if _cold:  # first run in this server: show something now and let the browser fetch plotly.js while torch imports
-    _boot.plotly_chart({"data": [{"type": "scatter", "x": [], "y": []}],
-                        "layout": {"title": {"text": "Loading torch and the checkpoint…"}, "height": 140,
-                                   "xaxis": {"visible": False}, "yaxis": {"visible": False}}}, key="boot")
+if _cold:  # first run in this server: say what is happening while torch imports
+    _boot.info("Loading torch and the checkpoint…")
 
-from app import state, views  # noqa: E402
+from app import data, state, views  # noqa: E402
 
 _boot.empty()
 
+OTHER = "(a directory: type it below)"
 
-OTHER = "Other directory…"
 
-
-def sidebar():
-    """Checkpoint picker + model card. Returns the loaded checkpoint, or None (after showing why)."""
-    sb = st.sidebar
-    found = state.discover()
-    cli = state.cli_ckpt()
+def pick_checkpoint(view: state.View, sb) -> tuple:
+    """Sidebar checkpoint picker (+ step slider for runs). Returns (Loaded, Run|None, step|None),
+    or None after saying why nothing can be shown."""
+    found = data.discover()
     names = list(found)
-    if cli and cli in found:
-        default, cli_path = cli, ""
-    elif cli:
-        default, cli_path = OTHER, cli
-    else:
-        default, cli_path = state.default_name(names), ""
+    ckpt = view.get("ckpt") or data.default_name(names, data.cli_ckpt())
+    if not ckpt:
+        roots = ", ".join(f"`{r}`" for r in data.checkpoint_roots())
+        st.info(f"No checkpoints found under {roots}. Type a checkpoint directory in the sidebar, or set "
+                f"{data.ENV_ROOT}.")
+    view.values["ckpt"] = ckpt
     options = names + [OTHER]
-    choice = sb.selectbox("Checkpoint", options, index=options.index(default) if default in options else len(names),
-                          key="ckpt_choice", help=f"Checkpoints found under {state.checkpoint_root()}")
-    if choice == OTHER:
-        text = sb.text_input("Checkpoint directory", value=cli_path, key="ckpt_path",
-                             placeholder="runs/my_run/step_001000")
-        if not text.strip():
-            if not names:
-                st.info(f"No checkpoints found under `{state.checkpoint_root()}`. Type a checkpoint directory in "
-                        f"the sidebar, or set {state.ENV_ROOT}.")
-            else:
-                st.info("Type a checkpoint directory in the sidebar.")
-            return None
-        try:
-            path = state.check_dir(text)
-        except state.AppError as e:
-            sb.error(str(e))
-            st.error(str(e))
-            return None
-    else:
-        path = found[choice]
+    view.widget("selectbox", "ckpt", "Checkpoint", value=ckpt if ckpt in found else OTHER, options=options,
+                container=sb, to_url=lambda v: v if v != OTHER else str(found.get(ckpt, ckpt) or "") or None,
+                after=_new_checkpoint,
+                help=f"Checkpoints and runs found under {', '.join(str(r) for r in data.checkpoint_roots())}")
+    view.widget("text_input", "ckpt", "Checkpoint or run directory", value="" if ckpt in found else (ckpt or ""),
+                key="w.ckpt_path", container=sb, to_url=lambda t: t.strip() or None, after=_new_checkpoint,
+                placeholder="runs/my_run/step_001000")
+    if not ckpt:
+        return None
     try:
-        ck = state.load(path)
-    except state.AppError as e:
+        path = found[ckpt] if ckpt in found else data.check_dir(ckpt)
+        run, step = None, None
+        r = data.run_of(path)
+        if r is not None:
+            run, this = r
+            if this is not None:  # a step dir typed directly: show it as run + step
+                view.set("ckpt", str(run.dir))
+                view.set("step", this)
+            steps = list(run.steps)
+            default = run.last if run.last in run.steps else steps[-1]
+            step = view.choice("step", steps, default=default, what=f"run {run.dir.name}")
+            view.set("step", step)  # always in the URL: a run keeps growing, "last" moves
+            view.widget("select_slider", "step", "Training step", value=step, options=steps, container=sb,
+                        help="Every page shows this step's checkpoint.")
+            path = run.steps[step]
+        ck = data.load(path)
+    except data.AppError as e:
         sb.error("This checkpoint cannot be loaded.")
         st.error(str(e))
         return None
+    return ck, run, step
 
-    s = state.summary(ck)
+
+def _new_checkpoint() -> None:
+    state.set_param("step", None)  # a step belongs to the previous run
+
+
+def model_card(ck: data.Loaded, sb) -> None:
+    s = data.summary(ck)
     sb.markdown(f"**{s['preset']}** · {s['params']:,} parameters  \n{s['shape']}  \n{s['parts']}  \nvocab {s['vocab']}")
     if s["task"]:
-        task = ", ".join(f"{k}={v}" for k, v in s["task"].items() if k != "name")
-        sb.markdown(f"**Task** `{s['task']['name']}`: {task}")
+        task = ", ".join(f"{k}={v}" for k, v in s["task"].items() if k != "name" and v is not None)
+        sb.markdown(f"**Task** `{s['task']['name']}`")
+        sb.caption(task)
     if s["metrics"]:
         shown = {k: v for k, v in s["metrics"].items() if k != "step"}
         step = f" (step {s['metrics']['step']})" if "step" in s["metrics"] else ""
@@ -90,25 +101,48 @@ def sidebar():
     if ck.card:
         with sb.expander("Model card"):
             st.markdown(ck.card)
-    return ck
 
 
-def main():
-    st.sidebar.title("interp explorer")
-    page = st.sidebar.radio("Page", views.PAGES, key="page", horizontal=True)
-    ck = sidebar()
-    if ck is None:
+def main() -> None:
+    view = state.View.from_url()
+    sb = st.sidebar
+    sb.title("interp explorer")
+    nav = sb.container()
+    notes = st.container()
+    picked = pick_checkpoint(view, sb)
+    if picked is None:
+        view.sync()
         return
-    st.caption(f"{page} · `{ck.path}`")
-    draw = {"Attention": views.page_attention, "Streams": views.page_streams, "Logit lens": views.page_lens,
-            "Step-by-step": views.page_steps, "Compare": views.page_compare}[page]
+    ck, run, step = picked
+    ctx = views.Ctx(view, ck, run, step)
+    pages = views.available(ctx)
+    slugs = [p.slug for p in pages]
+    wanted = view.get("page")
+    if wanted not in slugs:
+        page = next((p for p in views.PAGES if p.slug == wanted), None)
+        why = page.unavailable(ctx) if page is not None else None
+        view.problems.append(f"The {page.title} page is not available: {why}." if why else
+                             f"There is no page `{wanted}`; pages: {', '.join(slugs)}.")
+        wanted = slugs[0]
+        view.set("page", wanted)
+    view.values["page"] = wanted
+    by_slug = {p.slug: p for p in pages}
+    view.widget("radio", "page", "Page", value=wanted, options=slugs, format_func=lambda s: by_slug[s].title,
+                container=nav, horizontal=True)
+    model_card(ck, sb)
+    page = by_slug[wanted]
+    st.caption(f"{page.title} · `{ck.path}`" + (f" · step {step} of run `{run.dir.name}`" if run else ""))
     try:
-        draw(ck)
-    except state.AppError as e:
+        page.render(ctx)
+    except data.AppError as e:
         st.error(str(e))
     except Exception as e:  # a bug or an unforeseen input: say what, keep the app alive
         traceback.print_exc(file=sys.stderr)
-        st.error(f"{page} failed: {type(e).__name__}: {e}")
+        st.error(f"{page.title} failed: {type(e).__name__}: {e}")
+    finally:
+        view.sync()
+    for msg in view.problems:
+        notes.warning(msg)
 
 
 main()

@@ -5,7 +5,7 @@ and step-by-step generation with the new token's attention.
 from interp import explore
 norms = explore.stream_norms(model, tokens)              # StreamNorms: resid (L+1, T), xt/xe for factored
 idx, val = explore.top_neurons(model, tokens, layer=1, pos=-1, k=10)
-steps = explore.generate_steps(model, tokens, n_steps=8, k=5, greedy=True)
+steps = explore.generate_steps(model, tokens, n_steps=8, k=5, greedy=True)   # generate + one cached pass
 steps[0].top_ids, steps[0].attention.shape               # (k,), (layer, head, T0)
 ```
 
@@ -101,29 +101,31 @@ def generate_steps(
     seed: Optional[int] = 0,
     **sampling,
 ) -> list[Step]:
-    """Generate up to `n_steps` tokens one at a time, recording per step the full next-token
+    """Generate up to `n_steps` tokens and record, per step, the full next-token
     distribution, its top k, and the attention of the predicting query in every layer/head.
 
-    Sampling follows `models.generation.sample_logits` (`greedy`, `temperature`, `top_k`,
-    `top_p`). Stops after a token in `stop_tokens` (default: the model's eos). Each step is a
-    full forward pass (patterns of the last query only), fine for the small models it serves.
+    The tokens come from `models.generation.generate` (KV cache; `greedy`, `temperature`,
+    `top_k`, `top_p`, `seed`), stopping after a token in `stop_tokens` (default: the model's
+    eos; `[]` never stops). Then one forward pass over prompt + generated tokens, caching the
+    patterns of the generating queries only, gives every step's distribution and attention:
+    the same numbers a step-by-step loop would compute, in one pass. `probs` is the model's
+    softmax at temperature 1 whatever the sampling settings.
     """
-    from models.generation import sample_logits
+    from models.generation import generate
 
     seq = _one(tokens).to(model.cfg.device)
-    if stop_tokens is None:
-        stop_tokens = [model.cfg.eos_token_id] if model.cfg.eos_token_id is not None else []
-    generator = torch.Generator(device=seq.device).manual_seed(seed) if seed is not None else None
+    T0 = seq.shape[1]
+    gen = generate(model, seq, max_new_tokens=n_steps, stop_tokens=stop_tokens, seed=seed, return_output=True,
+                   **sampling)
+    new = [int(t) for t in gen.new_tokens[0]]
+    if not new:
+        return []
+    full = torch.cat([seq, torch.tensor([new[:-1]], dtype=seq.dtype, device=seq.device)], dim=1)
+    logits, cache = cached(model, full, names="pattern", batch=0, pos=slice(T0 - 1, None), return_logits=True)
+    probs = logits.float().softmax(-1).cpu()  # (n, vocab): row i predicts new[i]
+    attn = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)]).float().cpu()
     out: list[Step] = []
-    for _ in range(n_steps):
-        logits, cache = cached(model, seq, names="pattern", batch=0, pos=-1, return_logits=True)
-        last = logits[-1].float()
-        tok = int(sample_logits(last[None], generator=generator, **sampling)[0])
-        probs = last.softmax(-1).cpu()
-        top = probs.topk(min(k, probs.numel()))
-        attn = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][:, -1] for l in range(model.cfg.n_layers)]).float().cpu()
-        out.append(Step(seq.shape[1] - 1, tok, probs, top.indices, top.values, attn))
-        seq = torch.cat([seq, torch.tensor([[tok]], device=seq.device)], dim=1)
-        if tok in stop_tokens:
-            break
+    for i, tok in enumerate(new):
+        top = probs[i].topk(min(k, probs.shape[-1]))
+        out.append(Step(T0 - 1 + i, tok, probs[i], top.indices, top.values, attn[:, :, i, : T0 + i]))
     return out

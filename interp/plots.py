@@ -43,17 +43,81 @@ def _decoder(decode: Decode) -> Callable[[int], str]:
     return lambda i: str(decode[int(i)])
 
 
+MAX_TICKS = 120  # token axes label every token up to this many, then every k-th (and say so)
+
+
+def label_every(n: int, max_ticks: int = MAX_TICKS) -> int:
+    """1 when all `n` token labels fit on an axis, else the stride that keeps <= max_ticks."""
+    return 1 if n <= max_ticks else math.ceil(n / max_ticks)
+
+
+def token_axis(fig: go.Figure, axis: str, n: int, max_ticks: int = MAX_TICKS) -> int:
+    """Label every category of a token axis (`axis` = "x" or "y"; plotly would skip labels
+    that crowd): all of them up to `max_ticks`, else every k-th. Returns k."""
+    k = label_every(n, max_ticks)
+    size = 11 if n <= 40 else 9 if n <= 80 else 8
+    fig.update_layout({f"{axis}axis": dict(tickmode="linear", dtick=k, tick0=0, tickfont=dict(size=size),
+                                           automargin=True)})
+    return k
+
+
+def add_click_targets(fig: go.Figure, x: Sequence[Any], y: Sequence[Any], text: Optional[Sequence[Sequence[str]]] = None,
+                      **scatter) -> go.Figure:
+    """Make every cell of a heatmap clickable: an invisible marker at each (y[i], x[j]),
+    row-major (point index i * len(x) + j), carrying the hover text. Plotly heatmaps emit no
+    selection events; Streamlit's `on_select` gets these points instead."""
+    xs = [xv for _ in y for xv in x]
+    ys = [yv for yv in y for _ in x]
+    hover = None if text is None else [t for row in text for t in row]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", showlegend=False, name="",
+                             marker=dict(size=scatter.pop("size", 10), opacity=0, symbol="square"),
+                             hovertext=hover, hoverinfo="text" if hover is not None else "none", **scatter))
+    fig.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select", dragmode=False)
+    return fig
+
+
+def mark_cell(fig: go.Figure, row_index: int, col_index: int, color: str = "#e4572e", width: int = 3) -> go.Figure:
+    """Outline one cell (0-based category indices) of a heatmap: the current selection."""
+    fig.add_shape(type="rect", xref="x", yref="y", x0=col_index - 0.5, x1=col_index + 0.5,
+                  y0=row_index - 0.5, y1=row_index + 0.5, line=dict(color=color, width=width),
+                  fillcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def mark_column(fig: go.Figure, col_index: int, n_rows: int, color: str = "#e4572e") -> go.Figure:
+    """Outline column `col_index` (0-based category index) of a categorical heatmap."""
+    fig.add_shape(type="rect", xref="x", yref="y", x0=col_index - 0.5, x1=col_index + 0.5, y0=-0.5, y1=n_rows - 0.5,
+                  line=dict(color=color, width=2), fillcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def mark_row(fig: go.Figure, row_index: int, n_cols: int, color: str = "#e4572e") -> go.Figure:
+    """Outline row `row_index` (0-based category index) of a categorical heatmap."""
+    fig.add_shape(type="rect", xref="x", yref="y", x0=-0.5, x1=n_cols - 0.5, y0=row_index - 0.5, y1=row_index + 0.5,
+                  line=dict(color=color, width=2), fillcolor="rgba(0,0,0,0)")
+    return fig
+
+
 def attention_heatmap(
-    pattern, q_labels: Optional[Sequence[str]] = None, k_labels: Optional[Sequence[str]] = None, title: str = ""
+    pattern, q_labels: Optional[Sequence[str]] = None, k_labels: Optional[Sequence[str]] = None, title: str = "",
+    zmax: Optional[float] = 1.0, highlight_row: Optional[int] = None,
 ) -> go.Figure:
-    """One head's (q, k) pattern; queries down the y axis, keys along x."""
+    """One head's (q, k) pattern; queries down the y axis, keys along x, every token labelled
+    (every k-th past `MAX_TICKS`, noted in the title). `zmax`: top of the colour scale (None:
+    this pattern's max; pass one value to several figures to compare them on one scale).
+    `highlight_row` outlines one query row."""
     p = _np(pattern)
     if p.ndim != 2:
         raise ValueError(f"attention_heatmap needs a (q, k) pattern, got shape {p.shape}")
     y, x = unique_labels(q_labels, p.shape[0]), unique_labels(k_labels, p.shape[1])
-    fig = go.Figure(go.Heatmap(z=p, x=x, y=y, colorscale="Blues", zmin=0, zmax=max(1.0, float(np.nanmax(p))),
+    top = max(float(np.nanmax(p)) if zmax is None else float(zmax), 1e-9)
+    fig = go.Figure(go.Heatmap(z=p, x=x, y=y, colorscale="Blues", zmin=0, zmax=top,
                                hovertemplate="query %{y}<br>key %{x}<br>attn %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="key", yaxis_title="query", yaxis_autorange="reversed")
+    kx, ky = token_axis(fig, "x", len(x)), token_axis(fig, "y", len(y))
+    note = f" (labels: every {max(kx, ky)}th token)" if max(kx, ky) > 1 else ""
+    fig.update_layout(title=title + note, xaxis_title="key", yaxis_title="query", yaxis_autorange="reversed")
+    if highlight_row is not None:
+        mark_row(fig, highlight_row, p.shape[1])
     return fig
 
 
@@ -82,9 +146,15 @@ def attention_grid(patterns, labels: Optional[Sequence[str]] = None, title: str 
 
 
 def resid_norms(x, labels: Optional[Sequence[str]] = None, layer_names: Optional[Sequence[str]] = None,
-                title: str = "Residual stream norm") -> go.Figure:
+                title: str = "Residual stream norm", scale: str = "linear", selected_pos: Optional[int] = None,
+                clickable: bool = False) -> go.Figure:
     """Heatmap of ||resid|| per (layer, pos). `x`: a (layer, pos) array, or a (single-example)
-    ActivationCache holding `hook_resid_pre` of block 0 and `hook_resid_post` of each block."""
+    ActivationCache holding `hook_resid_pre` of block 0 and `hook_resid_post` of each block.
+
+    `scale`: "linear" (one colour scale), "layer" (each row on its own 0..max scale, so a
+    large late layer does not swamp the early ones) or "log" (log10 colours); the hover
+    always shows the norm itself. `selected_pos` outlines a column; `clickable` adds click
+    targets (`add_click_targets`, row-major over layers x positions)."""
     if hasattr(x, "cache_dict"):
         names = sorted((n for n in x.cache_dict if n.endswith("hook_resid_post")), key=lambda n: int(n.split(".")[1]))
         first = ["blocks.0.hook_resid_pre"] if "blocks.0.hook_resid_pre" in x.cache_dict else []
@@ -97,10 +167,26 @@ def resid_norms(x, labels: Optional[Sequence[str]] = None, layer_names: Optional
         layer_names = layer_names or (["embed"] if first else []) + [f"block {n.split('.')[1]}" for n in names]
     else:
         arr = _np(x)
+    if scale not in ("linear", "layer", "log"):
+        raise ValueError(f"scale must be 'linear', 'layer' or 'log', got {scale!r}")
     L, T = arr.shape
-    fig = go.Figure(go.Heatmap(z=arr, x=unique_labels(labels, T), y=list(layer_names or [str(i) for i in range(L)]),
-                               colorscale="Viridis", hovertemplate="%{y}<br>%{x}<br>norm %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="position", yaxis_title="layer")
+    if scale == "layer":
+        z, bar = arr / np.maximum(np.nanmax(arr, axis=1, keepdims=True), 1e-12), "norm / row max"
+    elif scale == "log":
+        z, bar = np.log10(np.maximum(arr, 1e-12)), "log10 norm"
+    else:
+        z, bar = arr, "norm"
+    xs, ys = unique_labels(labels, T), list(layer_names or [str(i) for i in range(L)])
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, customdata=arr, colorscale="Viridis", colorbar=dict(title=bar),
+                               hovertemplate="%{y}<br>%{x}<br>norm %{customdata:.3f}<extra></extra>"))
+    k = token_axis(fig, "x", T)
+    fig.update_layout(title=title + (f" (labels: every {k}th token)" if k > 1 else ""), xaxis_title="position",
+                      yaxis_title="layer")
+    if clickable:
+        add_click_targets(fig, xs, ys, [[f"{ys[l]}<br>{xs[t]}<br>norm {arr[l, t]:.3f}" for t in range(T)]
+                                        for l in range(L)])
+    if selected_pos is not None and 0 <= selected_pos < T:
+        mark_column(fig, selected_pos, L)
     return fig
 
 
@@ -119,10 +205,14 @@ def stream_norms_factored(xt_norms, xe_norms, layer_names: Optional[Sequence[str
 
 
 def logit_lens_heatmap(result, example: int = 0, decode: Decode = None, labels: Optional[Sequence[str]] = None,
-                       title: Optional[str] = None) -> go.Figure:
-    """Layers x positions colored by the probability of the correct token, with the top-k
-    predictions in the hover text. `result`: a `lens.LensResult`; `decode`: id -> str (a
-    callable or a vocabulary list) for hover text and default axis labels."""
+                       title: Optional[str] = None, cell_text: bool = False, selected_pos: Optional[int] = None,
+                       clickable: bool = False) -> go.Figure:
+    """Layers x positions colored by the probability of the target token (by default the
+    next token), with the top-k predictions in the hover text. `result`: a `lens.LensResult`;
+    `decode`: id -> str (a callable or a vocabulary list) for hover text and default axis
+    labels. `cell_text`: write each cell's top-1 token in it (up to `MAX_TICKS` positions).
+    `selected_pos` outlines a column; `clickable` adds click targets (row-major over
+    layers x positions)."""
     dec = _decoder(decode)
     prob = _np(result.target_prob[:, example])  # (L, T)
     L, T = prob.shape
@@ -131,30 +221,103 @@ def logit_lens_heatmap(result, example: int = 0, decode: Decode = None, labels: 
         labels = [dec(t) for t in tokens]
     tops, tps = result.top_tokens[:, example], result.top_probs[:, example]
     ranks, targets = result.target_rank[:, example], result.targets[example]
-    hover = []
+    hover, top1 = [], []
     for l in range(L):
-        row = []
+        row, row1 = [], []
         for t in range(T):
             top = "<br>".join(f"{dec(i)!r}: {p:.3f}" for i, p in zip(tops[l, t].tolist(), tps[l, t].tolist()))
             tgt = int(targets[t])
             head = f"target {dec(tgt)!r} p={prob[l, t]:.3f} rank={int(ranks[l, t])}" if tgt != -100 else "no target"
             row.append(f"{result.layer_names[l]}, pos {t}<br>{head}<br>{top}")
+            row1.append(dec(int(tops[l, t, 0])))
         hover.append(row)
-    fig = go.Figure(go.Heatmap(z=prob, x=unique_labels(labels, T), y=list(result.layer_names), zmin=0, zmax=1,
-                               colorscale="Blues", text=hover, hovertemplate="%{text}<extra></extra>",
-                               colorbar=dict(title="p(correct)")))
-    fig.update_layout(title=title if title is not None else f"Logit lens ({result.stream})", xaxis_title="position",
-                      yaxis_title="layer")
+        top1.append(row1)
+    xs, ys = unique_labels(labels, T), list(result.layer_names)
+    show_text = cell_text and T <= MAX_TICKS
+    fig = go.Figure(go.Heatmap(z=prob, x=xs, y=ys, zmin=0, zmax=1, colorscale="Blues", text=hover,
+                               hovertemplate="%{text}<extra></extra>", colorbar=dict(title="p(target)")))
+    if show_text:  # top-1 token in each cell, dark on light cells and light on dark ones
+        for dark in (False, True):
+            mask = (np.nan_to_num(prob) > 0.55) == dark
+            fig.add_trace(go.Scatter(
+                x=[xs[t] for l in range(L) for t in range(T) if mask[l, t]],
+                y=[ys[l] for l in range(L) for t in range(T) if mask[l, t]],
+                text=[top1[l][t] for l in range(L) for t in range(T) if mask[l, t]], mode="text", hoverinfo="skip",
+                textfont=dict(size=11 if T <= 40 else 9, color="white" if dark else "#1b1b1b"), showlegend=False))
+    k = token_axis(fig, "x", T)
+    fig.update_layout(title=(title if title is not None else f"Logit lens ({result.stream})")
+                      + (": top-1 token in each cell, colour = p(target)" if show_text else "")
+                      + (f" (labels: every {k}th token)" if k > 1 else ""),
+                      xaxis_title="position", yaxis_title="layer")
+    if clickable:
+        add_click_targets(fig, xs, ys, hover)
+    if selected_pos is not None and 0 <= selected_pos < T:
+        mark_column(fig, selected_pos, L)
     return fig
 
 
-def head_score_heatmap(scores, name: str = "score", title: Optional[str] = None) -> go.Figure:
-    """(layer, head) scores as a heatmap."""
+def head_score_heatmap(scores, name: str = "score", title: Optional[str] = None,
+                       selected: Optional[tuple[int, int]] = None, clickable: bool = False,
+                       zmin: Optional[float] = None, zmax: Optional[float] = None) -> go.Figure:
+    """(layer, head) scores as a heatmap. `selected` = (layer, head) is outlined; `clickable`
+    adds click targets (row-major: point index = layer * n_heads + head); `zmin`/`zmax` fix
+    the colour scale (pass the same to several maps to compare them)."""
     s = _np(scores)
     L, H = s.shape
-    fig = go.Figure(go.Heatmap(z=s, x=[f"H{h}" for h in range(H)], y=[f"L{l}" for l in range(L)], colorscale="Viridis",
+    xs, ys = [f"H{h}" for h in range(H)], [f"L{l}" for l in range(L)]
+    fig = go.Figure(go.Heatmap(z=s, x=xs, y=ys, colorscale="Viridis", zmin=zmin, zmax=zmax,
                                hovertemplate=f"%{{y}}%{{x}}<br>{name} %{{z:.3f}}<extra></extra>", colorbar=dict(title=name)))
-    fig.update_layout(title=title or name, xaxis_title="head", yaxis_title="layer")
+    fig.update_layout(title=title or name, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
+    if clickable:
+        add_click_targets(fig, xs, ys, [[f"L{l}H{h}<br>{name} {s[l, h]:.3f}" for h in range(H)] for l in range(L)],
+                          size=max(8, min(40, 400 // max(L, H))))
+    if selected is not None:
+        mark_cell(fig, selected[0], selected[1])
+    return fig
+
+
+def metric_curves(series: dict, title: str = "", step: Optional[int] = None, log_y: bool = False,
+                  checkpoint_steps: Optional[Sequence[int]] = None, yaxis_title: str = "") -> go.Figure:
+    """Training curves: `series` maps a name to (steps, values); one line each. `step` draws
+    a vertical line (the checkpoint on show); `checkpoint_steps` puts a clickable marker on
+    each line at the steps that have a checkpoint (their points carry `customdata` = step)."""
+    fig = go.Figure()
+    marks = sorted(set(int(s) for s in checkpoint_steps)) if checkpoint_steps is not None else []
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        xs, ys = list(xs), list(ys)
+        color = _COLORS[i % len(_COLORS)]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, line=dict(color=color, width=1.6),
+                                 hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>"))
+        if marks and xs:
+            at = [min(range(len(xs)), key=lambda j: abs(xs[j] - m)) for m in marks]
+            fig.add_trace(go.Scatter(x=[xs[j] for j in at], y=[ys[j] for j in at], customdata=marks, mode="markers",
+                                     marker=dict(color=color, size=7, symbol="circle-open"), showlegend=False,
+                                     name=name, hovertemplate=f"checkpoint step %{{customdata}}<br>{name} "
+                                     "%{y:.4g}<extra></extra>"))
+    if step is not None:
+        fig.add_vline(x=step, line=dict(color="#e4572e", width=2, dash="dot"))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=yaxis_title, clickmode="event+select",
+                      hovermode="closest", legend=dict(font=dict(size=10)))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def per_token_lines(values: dict, labels: Sequence[str], title: str = "", yaxis_title: str = "") -> go.Figure:
+    """One line per name over the token positions: `values` maps a name to a (pos,) array
+    (e.g. each checkpoint's next-token loss on one prompt); x = token labels."""
+    fig = go.Figure()
+    xs = unique_labels(labels)
+    for i, (name, v) in enumerate(values.items()):
+        v = _np(v)
+        fig.add_trace(go.Scatter(x=xs[: len(v)], y=v, mode="lines+markers", name=str(name),
+                                 line=dict(color=_COLORS[i % len(_COLORS)]), marker=dict(size=4)))
+    k = token_axis(fig, "x", len(xs))
+    fig.update_layout(title=title + (f" (labels: every {k}th token)" if k > 1 else ""), yaxis_title=yaxis_title,
+                      xaxis_title="position", hovermode="x unified")
     return fig
 
 
@@ -184,7 +347,8 @@ def top_neurons_bar(values, indices: Optional[Sequence[int]] = None, k: int = 20
     names = [f"{j}:{n}" for j, n in enumerate(names)] if len(set(names)) < len(names) else names
     fig = go.Figure(go.Bar(x=vals, y=names, orientation="h",
                            marker_color=["#1f77b4" if x >= 0 else "#d62728" for x in vals]))
-    fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_title="value")
+    fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_title="value",
+                      yaxis=dict(tickmode="linear", dtick=1))  # a label on every bar
     return fig
 
 
@@ -203,4 +367,127 @@ def generation_steps(probs, k: int = 10, decode: Decode = None, chosen: Optional
     fig = go.Figure(go.Bar(x=x, y=p[order], marker_color=colors,
                            hovertemplate="%{x}<br>p=%{y:.4f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="token (rank:token)", yaxis_title="probability", yaxis_range=[0, 1])
+    return fig
+
+
+# ---------------------------------------------------------------------------- causal analysis
+# Figures for `interp.patching` (PatchResult) and `interp.attribution` (LogitAttribution).
+
+
+def _diverging(arr: np.ndarray) -> dict:
+    """Symmetric red-blue colour range around 0 for an array of signed effects."""
+    m = float(np.nanmax(np.abs(arr))) if np.isfinite(arr).any() else 1.0
+    return dict(colorscale="RdBu", zmid=0, zmin=-(m or 1.0), zmax=m or 1.0)
+
+
+def patching_heatmap(result, normalized: bool = True, title: Optional[str] = None) -> go.Figure:
+    """A `PatchResult` (activation, path or attribution patching) of one metric, reduced over
+    the batch: (layer, pos) or (layer, head) as a heatmap, (layer,) as bars, (layer, pos,
+    head) as one pos x head panel per layer. Colour: the normalized effect (1 = the patch moves
+    the metric to the source run's value) or, with normalized=False, values - baseline."""
+    if "metric" in result.dims or "batch" in result.dims:
+        raise ValueError(f"patching_heatmap draws one metric reduced over the batch; this result has dims {result.dims}")
+    arr = _np(result.normalized() if normalized else result.effect)
+    name = "normalized" if normalized else "effect"
+    title = title if title is not None else f"{result.method} patching: {result.act} ({result.direction}), {name}"
+    dims, labels = result.dims, result.labels
+    axis = lambda d: unique_labels(labels[d]) if d == "pos" else list(labels[d])
+    hover = f"%{{y}} %{{x}}<br>{name} %{{z:.3f}}<extra></extra>"
+    if len(dims) == 1:
+        fig = go.Figure(go.Bar(x=axis(dims[0]), y=arr, marker_color=["#1f77b4" if v >= 0 else "#d62728" for v in arr]))
+        fig.update_layout(title=title, xaxis_title=dims[0], yaxis_title=name)
+        return fig
+    if len(dims) == 2:
+        fig = go.Figure(go.Heatmap(z=arr, x=axis(dims[1]), y=axis(dims[0]), hovertemplate=hover,
+                                   colorbar=dict(title=name), **_diverging(arr)))
+        fig.update_layout(title=title, xaxis_title=dims[1], yaxis_title=dims[0], yaxis_autorange="reversed")
+        return fig
+    L = arr.shape[0]
+    fig = make_subplots(rows=L, cols=1, subplot_titles=list(labels["layer"]), vertical_spacing=0.04 if L > 1 else 0.0)
+    for l in range(L):
+        fig.add_trace(go.Heatmap(z=arr[l].T, x=axis("pos"), y=axis("head"), hovertemplate=hover, showscale=l == 0,
+                                 colorbar=dict(title=name), **_diverging(arr)), row=l + 1, col=1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=max(300, 180 * L))
+    return fig
+
+
+def attribution_scatter(estimate, actual, title: Optional[str] = None) -> go.Figure:
+    """Attribution-patching estimates against real patching effects, cell by cell (two
+    PatchResults on the same grid), with the y = x line and Pearson r in the title."""
+    x, y = _np(actual.effect).reshape(-1), _np(estimate.effect).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"the two results have different grids: {actual.dims} {actual.values.shape} vs "
+                         f"{estimate.dims} {estimate.values.shape}")
+    cells = [" ".join(parts) for parts in np.array(np.meshgrid(*[actual.labels[d] for d in actual.dims],
+                                                                  indexing="ij")).reshape(len(actual.dims), -1).T]
+    ok = np.isfinite(x) & np.isfinite(y)
+    r = float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() > 1 else float("nan")
+    lo, hi = float(np.nanmin(np.r_[x, y])), float(np.nanmax(np.r_[x, y]))
+    fig = go.Figure([go.Scatter(x=x, y=y, mode="markers", text=cells, name="site",
+                                hovertemplate="%{text}<br>patching %{x:.3f}<br>attribution %{y:.3f}<extra></extra>"),
+                     go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="gray"), name="y = x")])
+    fig.update_layout(title=title or f"attribution patching vs activation patching ({actual.act}): r = {r:.3f}",
+                      xaxis_title="activation patching effect", yaxis_title="attribution patching estimate")
+    return fig
+
+
+def _dla_column(dla, batch: Optional[int], pos: int) -> np.ndarray:
+    """(component,) contributions at one position, of one example or the batch mean."""
+    v = dla.values[:, :, pos]
+    return _np(v.nanmean(1) if batch is None else v[:, batch])
+
+
+def logit_attribution_bars(dla, batch: Optional[int] = 0, pos: int = -1, k: int = 15,
+                           title: Optional[str] = None) -> go.Figure:
+    """The k components with the largest |direct logit attribution| at one position
+    (`pos` indexes `dla.positions`; `batch=None` averages the batch)."""
+    v = _dla_column(dla, batch, pos)
+    order = np.argsort(-np.abs(np.nan_to_num(v)))[:k]
+    fig = go.Figure(go.Bar(x=v[order], y=[dla.labels[i] for i in order], orientation="h",
+                           marker_color=["#1f77b4" if v[i] >= 0 else "#d62728" for i in order],
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title=title or f"direct logit attribution at position {dla.positions[pos]}",
+                      yaxis_autorange="reversed", xaxis_title="contribution to the logit")
+    return fig
+
+
+def logit_attribution_stacked(dla, batch: Optional[int] = 0, pos: int = -1, n_named: int = 5,
+                              title: Optional[str] = None) -> go.Figure:
+    """Stacked contributions per layer at one position: one bar segment per head, the MLP and
+    the attention bias (embeddings in their own column); the `n_named` largest are labelled."""
+    v = _dla_column(dla, batch, pos)
+    columns = ["embed"] + [f"L{l}" for l in sorted({l for l in dla.layers if l >= 0})]
+    col = lambda i: "embed" if dla.layers[i] < 0 else f"L{dla.layers[i]}"
+    named = set(np.argsort(-np.abs(np.nan_to_num(v)))[:n_named].tolist())
+    groups: dict[str, list[int]] = {}
+    for i, kind in enumerate(dla.kinds):
+        key = f"H{dla.heads[i]}" if kind == "head" else {"mlp": "MLP", "attn_bias": "attn bias"}.get(kind, kind)
+        groups.setdefault(key, []).append(i)
+    fig = go.Figure()
+    for key, idx in groups.items():
+        y = [0.0] * len(columns)
+        text = [""] * len(columns)
+        for i in idx:
+            y[columns.index(col(i))] = float(v[i])
+            text[columns.index(col(i))] = dla.labels[i] if i in named else ""
+        fig.add_trace(go.Bar(name=key, x=columns, y=y, text=text, textposition="inside",
+                             hovertemplate=f"%{{x}} {key}: %{{y:.3f}}<extra></extra>"))
+    total = float(np.nansum(v))
+    fig.update_layout(barmode="relative", xaxis_title="layer", yaxis_title="contribution to the logit",
+                      title=title or f"direct logit attribution at position {dla.positions[pos]} (sum {total:.2f})")
+    return fig
+
+
+def logit_attribution_heatmap(dla, batch: Optional[int] = 0, labels: Optional[Sequence[str]] = None,
+                              title: Optional[str] = None) -> go.Figure:
+    """Components x positions: every component's contribution at every position (`labels`:
+    token labels of `dla.positions`)."""
+    v = dla.values
+    arr = _np(v.nanmean(1) if batch is None else v[:, batch])
+    x = unique_labels(labels if labels is not None else [str(p) for p in dla.positions])
+    fig = go.Figure(go.Heatmap(z=arr, x=x, y=list(dla.labels), hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>",
+                               colorbar=dict(title="logit"), **_diverging(arr)))
+    fig.update_layout(title=title or "direct logit attribution", xaxis_title="position", yaxis_title="component",
+                      yaxis_autorange="reversed", height=max(350, 14 * len(dla.labels)))
     return fig

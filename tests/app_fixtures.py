@@ -9,6 +9,10 @@
     induction_attn_only          2-layer attention-only on repeated random tokens
     broken                       a directory whose config.json is not JSON
 
+`make_run(root, name)` writes a training run the way the trainer does
+(`interp.checkpoint.CheckpointManager`: `step_*/` checkpoints, `last`/`best` pointers and a
+run-level metrics.jsonl with train, eval and per-head progress-measure events).
+
 Weights are random (perturbed init), plus `train_steps` optimiser steps on the first
 arithmetic model so attention is not uniform; that is enough to exercise every page.
 """
@@ -89,6 +93,34 @@ def make_checkpoint(root: Path, name: str, train_steps: int = 0, size: str = "ti
         raise ValueError(f"unknown fixture checkpoint {name!r}")
     return interp.save(model, root / name, tok, task=task, metrics=metrics,
                        training={"step": 10, "eval": {"loss": 2.6, "answer_accuracy": 0.125}})
+
+
+def make_run(root: Path, name: str = "add3_run", steps=(100, 200, 300), train_steps_each: int = 2) -> Path:
+    """A small add3 run: the same model saved after a few optimiser steps at each `steps`
+    entry, with a metrics log whose loss falls and whose `progress` events carry a nested
+    per-head list (what progress measures look like)."""
+    from interp.checkpoint import CheckpointManager
+
+    torch.manual_seed(0)
+    task = dict(ADD3, step_masking_mode="none")
+    t = make_task(**task)
+    tok = t.tokenizer
+    model = presets.make("math-compact", "tiny", d_vocab=tok.vocab_size, **tok.special_token_ids())
+    model = _perturb(model, seed=11, scale=0.1)
+    run = Path(root) / name
+    manager = CheckpointManager(run, keep_last=len(steps))
+    rows = []
+    for i, step in enumerate(steps):
+        model = _train(model, t, train_steps_each)
+        loss = 3.0 / (i + 1)
+        rows += [{"event": "train", "step": step, "loss": loss, "lr": 1e-3, "grad_norm": 1.0 + i},
+                 {"event": "eval", "step": step, "split": "val", "loss": loss * 1.1, "token_acc": 0.3 * (i + 1)},
+                 {"event": "progress", "step": step, "induction": [[0.1 * i, 0.2], [0.3, 0.05 * i]],
+                  "restricted_loss": loss / 2, "note": "text is skipped", "ok": True}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        manager.save(model, step, tok, metric=loss * 1.1, task=task, metrics=list(rows),
+                     training={"step": step, "eval": {"loss": loss * 1.1}})
+    return run
 
 
 def make_checkpoints(root, names=NAMES, train_steps: int = 0, broken: bool = True, size: str = "tiny") -> dict[str, Path]:

@@ -1,0 +1,579 @@
+"""Checkpoints, runs, prompts and cached analyses for the explorer.
+
+No model math here: every number comes from `interp` / `models` public functions; this
+module decides *what* to compute, caches it (`st.cache_resource` for models, keyed by path +
+mtime; `st.cache_data` for forward passes, keyed by that and the token ids) and turns bad
+input into `AppError`s with a message a person can act on.
+
+Where checkpoints come from: every `ROOT/NAME/config.json` (a checkpoint) and every
+`ROOT/NAME/` holding `step_*/config.json` directories (a training run, see
+`interp.checkpoint.CheckpointManager`) under the roots in `$INTERP_CHECKPOINT_ROOT`
+(`os.pathsep`-separated), by default `data/checkpoints` and `data/runs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import streamlit as st
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from interp.checkpoint import CheckpointError, load_config, read_metrics, resolve  # noqa: E402
+
+ENV_ROOT = "INTERP_CHECKPOINT_ROOT"
+DEFAULT_ROOTS = ("data/checkpoints", "data/runs")
+PREFERRED = "shakespeare_factored_alibi"
+STEP_MASKING_TRIO = ("add3_none", "add3_mask_steps", "add3_mask_answer")
+SHAKESPEARE = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun."
+MAX_TOKENS = 512  # the app draws T x T maps; longer prompts are refused whatever the model
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class AppError(Exception):
+    """Bad input or an unusable checkpoint; the message is shown as is."""
+
+
+# ------------------------------------------------------------------ discovery
+def checkpoint_roots() -> list[Path]:
+    env = os.environ.get(ENV_ROOT)
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    return [REPO_ROOT / r for r in DEFAULT_ROOTS]
+
+
+def run_steps(run_dir: Path) -> dict[int, Path]:
+    """step -> checkpoint dir for every `run_dir/step_NNNNNN/config.json`, by step."""
+    if not run_dir.is_dir():
+        return {}
+    out = {}
+    for p in run_dir.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and (p / "config.json").is_file():
+            out[int(m.group(1))] = p
+    return dict(sorted(out.items()))
+
+
+def discover(roots: Optional[Sequence[Path]] = None) -> dict[str, Path]:
+    """name -> directory for every checkpoint (`ROOT/NAME/config.json`) and every run
+    (`ROOT/NAME/step_*/config.json`), sorted by name. A name found twice keeps the first."""
+    found: dict[str, Path] = {}
+    for root in checkpoint_roots() if roots is None else roots:
+        if not root.is_dir():
+            continue
+        for p in sorted(root.iterdir()):
+            if p.name.startswith(".") or not p.is_dir() or p.name in found:
+                continue
+            if (p / "config.json").is_file() or run_steps(p):
+                found[p.name] = p
+    return dict(sorted(found.items()))
+
+
+def default_name(names: Sequence[str], cli: Optional[str] = None) -> Optional[str]:
+    if cli:
+        return cli
+    if PREFERRED in names:
+        return PREFERRED
+    return names[0] if names else None
+
+
+def cli_ckpt(argv: Optional[Sequence[str]] = None) -> Optional[str]:
+    """`--ckpt DIR_OR_NAME` from the arguments after `streamlit run app/explorer.py --`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--ckpt", default=None)
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return args.ckpt
+
+
+def stamp(path: Path) -> float:
+    """Newest mtime of the files that define a checkpoint (cache key)."""
+    files = [path / n for n in ("config.json", "model.safetensors", "tokenizer.json")]
+    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
+
+def check_dir(path_text: str) -> Path:
+    """A user-typed checkpoint or run path -> a directory, or AppError saying what is wrong."""
+    if not path_text.strip():
+        raise AppError("The checkpoint path is empty.")
+    p = Path(path_text.strip()).expanduser()
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p
+    if not p.exists():
+        raise AppError(f"No such checkpoint directory: `{p}`")
+    if not p.is_dir():
+        raise AppError(f"`{p}` is a file; give the checkpoint *directory* (with config.json, model.safetensors).")
+    if not (p / "config.json").exists() and not (p / "last").is_file() and not run_steps(p):
+        raise AppError(f"`{p}` holds no config.json and no step_* checkpoints: not a checkpoint or run directory.")
+    return p
+
+
+# ------------------------------------------------------------------ runs
+@dataclass
+class Run:
+    """A training run: `dir/step_NNNNNN/` checkpoints, `last`/`best` pointers, `metrics.jsonl`."""
+
+    dir: Path
+    steps: dict[int, Path]
+    last: Optional[int] = None
+    best: Optional[int] = None
+
+    @property
+    def metrics_file(self) -> Optional[Path]:
+        """The run's log: `dir/metrics.jsonl`, else the newest step's copy."""
+        if (self.dir / "metrics.jsonl").is_file():
+            return self.dir / "metrics.jsonl"
+        for step in sorted(self.steps, reverse=True):
+            f = self.steps[step] / "metrics.jsonl"
+            if f.is_file() and f.stat().st_size:
+                return f
+        return None
+
+    @property
+    def has_training_view(self) -> bool:
+        return len(self.steps) >= 2 and self.metrics_file is not None
+
+
+def _pointer_step(run_dir: Path, name: str) -> Optional[int]:
+    f = run_dir / name
+    if not f.is_file():
+        return None
+    m = STEP_DIR.match(f.read_text().strip())
+    return int(m.group(1)) if m else None
+
+
+def run_of(path: Path) -> Optional[tuple[Run, Optional[int]]]:
+    """(the run `path` belongs to, the step `path` is) when `path` is a run directory (step
+    None) or a `step_*` checkpoint beside other `step_*` checkpoints; else None."""
+    path = Path(path)
+    m = STEP_DIR.match(path.name)
+    if m and (path / "config.json").is_file():
+        steps = run_steps(path.parent)
+        if len(steps) >= 2:
+            return _run(path.parent, steps), int(m.group(1))
+        return None
+    steps = run_steps(path)
+    if steps:
+        return _run(path, steps), None
+    return None
+
+
+def _run(run_dir: Path, steps: dict[int, Path]) -> Run:
+    return Run(run_dir, steps, _pointer_step(run_dir, "last"), _pointer_step(run_dir, "best"))
+
+
+def metric_series(file: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Every numeric scalar series of a metrics.jsonl: "event/key" -> (steps, values).
+
+    Nested dicts become "key/sub", lists of numbers "key[i]" (lists of lists "key[i][j]");
+    rows without a step, strings and booleans are skipped."""
+    try:
+        rows = read_metrics(file)
+    except CheckpointError as e:
+        raise AppError(f"Cannot read the run's metrics: {e}") from None
+    out: dict[str, tuple[list[int], list[float]]] = {}
+
+    def add(name: str, step: int, v) -> None:
+        if isinstance(v, bool) or v is None:
+            return
+        if isinstance(v, (int, float)):
+            if math.isfinite(float(v)):
+                s = out.setdefault(name, ([], []))
+                s[0].append(step)
+                s[1].append(float(v))
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                add(f"{name}/{k}", step, x)
+        elif isinstance(v, (list, tuple)) and len(v) <= 256:
+            for i, x in enumerate(v):
+                add(f"{name}[{i}]", step, x)
+
+    for row in rows:
+        step = row.get("step")
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            continue
+        event = str(row.get("event") or "log")
+        if "split" in row and isinstance(row["split"], str):
+            event = f"{event}:{row['split']}"
+        for k, v in row.items():
+            if k not in ("step", "event", "split"):
+                add(f"{event}/{k}", int(step), v)
+    return out
+
+
+# ------------------------------------------------------------------ loading
+@dataclass
+class Loaded:
+    path: str
+    model: object
+    tokenizer: object
+    meta: dict
+    metrics: list = field(default_factory=list)
+    card: str = ""
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return (self.path, stamp(Path(self.path)))
+
+    @property
+    def name(self) -> str:
+        p = Path(self.path)
+        return f"{p.parent.name}/{p.name}" if STEP_DIR.match(p.name) else p.name
+
+    @property
+    def task(self) -> Optional[dict]:
+        t = self.meta.get("task")
+        return t if isinstance(t, dict) and t.get("name") else None
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+@st.cache_resource(max_entries=12, show_spinner="Loading checkpoint...")
+def _load(path: str, mtime: float) -> Loaded:
+    import interp
+
+    model, tok = interp.load(path, device="cpu")
+    if tok is None:
+        raise CheckpointError(f"{path}: no tokenizer.json; the explorer needs one to read prompts")
+    _, meta = load_config(path)
+    try:
+        metrics = read_metrics(path)
+    except CheckpointError:
+        metrics = []
+    card_file = Path(path) / "card.md"
+    card = card_file.read_text() if card_file.exists() else ""
+    return Loaded(path, model, tok, meta, metrics, card)
+
+
+def load(path: Path) -> Loaded:
+    """The (cached) checkpoint at `path`; AppError with the loader's message when unusable."""
+    try:
+        path = resolve(path)
+        return _load(str(path), stamp(path))
+    except (CheckpointError, ValueError, OSError, KeyError, TypeError) as e:
+        raise AppError(f"Cannot load checkpoint `{path}`: {e}") from None
+
+
+def get(key: tuple[str, float]) -> Loaded:
+    return _load(*key)
+
+
+def tokenizer_digest(path: Path) -> Optional[str]:
+    """Hash of a checkpoint's tokenizer.json (None without one): equal digests = same tokenizer."""
+    try:
+        f = resolve(path) / "tokenizer.json"
+        return hashlib.sha1(f.read_bytes()).hexdigest() if f.is_file() else None
+    except (OSError, CheckpointError):
+        return None
+
+
+def summary(ck: Loaded) -> dict:
+    """Model-card facts for the sidebar."""
+    cfg = ck.cfg
+    final = {}
+    for row in ck.metrics:
+        final.update({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    ev = (ck.meta.get("training") or {}).get("eval") or {}
+    final.update({f"eval/{k}" if "/" not in k else k: v for k, v in ev.items() if isinstance(v, (int, float))})
+    return dict(
+        preset=cfg.name,
+        shape=f"{cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, n_ctx {cfg.n_ctx}",
+        parts=f"{cfg.positional} positions, {cfg.norm}, {cfg.ffn}, {cfg.block} block, {cfg.stream} stream"
+        + (", attention-only" if cfg.attn_only else ""),
+        params=ck.n_params,
+        vocab=cfg.d_vocab,
+        task=ck.task,
+        metrics=final,
+    )
+
+
+# ------------------------------------------------------------------ prompts
+def show_token(s: str) -> str:
+    """A token string made visible on an axis: newline, tab and space get glyphs."""
+    return s.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣") or "∅"
+
+
+def encode(ck: Loaded, text: str) -> list[int]:
+    """Prompt text -> ids (with the model's `<bos>` in front when it has one), or AppError."""
+    if not text or not text.strip():
+        raise AppError("The prompt is empty: type some text to run the model on.")
+    try:
+        ids = list(ck.tokenizer.encode(text))
+    except ValueError as e:  # UnknownTokenError and friends
+        raise AppError(f"The tokenizer cannot read this prompt: {e}") from None
+    bos = ck.cfg.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    if ck.cfg.positional == "learned" and len(ids) > ck.cfg.n_ctx:
+        raise AppError(
+            f"The prompt is {len(ids)} tokens but this model has learned positions for only "
+            f"n_ctx={ck.cfg.n_ctx}; shorten it by {len(ids) - ck.cfg.n_ctx} tokens."
+        )
+    if len(ids) > MAX_TOKENS:
+        raise AppError(f"The prompt is {len(ids)} tokens; the explorer draws at most {MAX_TOKENS}. "
+                       f"Shorten it by {len(ids) - MAX_TOKENS} tokens.")
+    return ids
+
+
+def fits(ck: Loaded, text: str) -> bool:
+    try:
+        encode(ck, text)
+        return True
+    except AppError:
+        return False
+
+
+def labels(ck: Loaded, ids: Sequence[int]) -> list[str]:
+    """Visible label per token (axes): whitespace shown as glyphs."""
+    return [show_token(ck.tokenizer.decode([int(i)])) for i in ids]
+
+
+def pieces(ck: Loaded, ids: Sequence[int]) -> list[str]:
+    """The text each token contributes (token view): real spaces and newlines."""
+    sep = " " if getattr(ck.tokenizer, "kind", "") == "word" else ""
+    return [ck.tokenizer.decode([int(i)]) + sep for i in ids]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _vocab(key: tuple) -> list[str]:
+    ck = get(key)
+    out = []
+    for i in range(ck.cfg.d_vocab):
+        try:
+            out.append(show_token(ck.tokenizer.decode([i])))
+        except (ValueError, IndexError):
+            out.append(f"<{i}>")
+    return out
+
+
+def decode_list(ck: Loaded) -> list[str]:
+    """id -> visible token string for the whole vocabulary (hover texts)."""
+    return _vocab(ck.key)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _task(task_json: str):
+    from interp.tasks import make_task
+
+    return make_task(**json.loads(task_json))
+
+
+def task_for(ck: Loaded, **overrides):
+    """The checkpoint's task (`make_task(**config["task"])`, n_train=0 so it builds fast:
+    test/val do not depend on n_train), or None."""
+    if ck.task is None:
+        return None
+    t = dict(ck.task, **overrides)
+    if t.get("name") in ("arithmetic", "modular", "induction") and "n_train" not in overrides:
+        t["n_train"] = 0
+    name = t.pop("name")
+    return _task(json.dumps(dict(name=name, **t), sort_keys=True))
+
+
+def is_task(ck: Loaded) -> bool:
+    """A synthetic-task checkpoint (prompt -> answer), not free text."""
+    return ck.task is not None and ck.task.get("name") != "text"
+
+
+def _default_example(ck: Loaded):
+    """The first test example of a synthetic task checkpoint, or None."""
+    if ck.task is None or ck.task.get("name") == "text":
+        return None
+    try:
+        return task_for(ck).split("test")[0]
+    except Exception:  # a task this code cannot rebuild: fall back to text
+        return None
+
+
+def default_prompt(ck: Loaded) -> str:
+    """A sensible first prompt: a whole test example of the checkpoint's task (prompt, steps
+    and answer), or a Shakespeare line for text models."""
+    tok, bos = ck.tokenizer, ck.cfg.bos_token_id
+    ex = _default_example(ck)
+    if ex is not None:
+        ids = list(ex.input_ids)
+        if bos is not None and ids and ids[0] == bos:
+            ids = ids[1:]
+        text = tok.decode(ids)
+        if fits(ck, text):
+            return text
+    text = SHAKESPEARE
+    while text and not fits(ck, text):
+        text = text[: len(text) * 3 // 4]
+    if text:
+        return text
+    ids = [i for i in range(ck.cfg.d_vocab) if i != bos][:8]
+    return tok.decode(ids)
+
+
+def prompt_end(ck: Loaded, ids: Sequence[int]) -> int:
+    """Where generation starts on `ids` (a number of tokens): for task checkpoints, after the
+    task's prompt (the first `=` of `123+456=`; the first block of an induction example),
+    so the rest of the text is the target to compare with; otherwise after all of `ids`."""
+    ex = _default_example(ck)
+    ids = [int(i) for i in ids]
+    if ex is None:
+        return len(ids)
+    n_prompt = next((i for i, s in enumerate(ex.segments) if s != 0), len(ex.segments))
+    if ids == [int(i) for i in ex.input_ids]:
+        return n_prompt
+    cue = int(ex.input_ids[n_prompt - 1])
+    if list(ex.input_ids).count(cue) == 1 and cue in ids:  # a marker such as "=" that ends every prompt
+        return ids.index(cue) + 1
+    return len(ids)
+
+
+# ------------------------------------------------------------------ cached analyses
+@st.cache_data(max_entries=64, show_spinner=False)
+def attention(key: tuple, ids: tuple[int, ...]) -> np.ndarray:
+    """(layer, head, q, k) float32 patterns."""
+    import torch
+    from interp.cache import cached
+
+    ck = get(key)
+    cache = cached(ck.model, torch.tensor([ids]), names="pattern", batch=0)
+    return torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(ck.cfg.n_layers)]).float().numpy()
+
+
+def b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+THUMB = 48  # thumbnails are max-pooled to at most THUMB x THUMB cells
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def thumbnails(key: tuple, ids: tuple[int, ...]) -> dict:
+    """Every head's pattern max-pooled to <= THUMB x THUMB, uint8 scaled by each head's max,
+    base64; plus those maxima (the component rebuilds shared or per-head colour scales)."""
+    pats = attention(key, ids)
+    L, H, T, _ = pats.shape
+    t = min(T, THUMB)
+    edges = np.linspace(0, T, t + 1).round().astype(int)
+    pooled = np.maximum.reduceat(np.maximum.reduceat(pats, edges[:-1], axis=2), edges[:-1], axis=3)
+    mx = pooled.reshape(L, H, -1).max(-1)
+    q = np.round(255 * pooled / np.maximum(mx, 1e-12)[..., None, None]).astype(np.uint8)
+    return {"t": t, "data": b64(q), "max": [round(float(x), 4) for x in mx.reshape(-1)]}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def layer_patterns(key: tuple, ids: tuple[int, ...], layer: int) -> str:
+    """One layer's (head, q, k) patterns as float16, base64: what the browser switches heads on."""
+    return b64(attention(key, ids)[layer].astype(np.float16))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def head_rows(key: tuple, ids: tuple[int, ...]) -> list[dict]:
+    import torch
+    from interp import heads
+
+    ck = get(key)
+    return heads.head_scores(ck.model, torch.tensor([ids])).to_rows()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def norms(key: tuple, ids: tuple[int, ...]):
+    import torch
+    from interp import explore
+
+    return explore.stream_norms(get(key).model, torch.tensor(ids))
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def neurons(key: tuple, ids: tuple[int, ...], layer: int, pos: int, k: int):
+    import torch
+    from interp import explore
+
+    idx, val = explore.top_neurons(get(key).model, torch.tensor(ids), layer, pos, k)
+    return idx.tolist(), val.tolist()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def lens(key: tuple, ids: tuple[int, ...], stream: str, k: int, target: Optional[int]):
+    """Logit lens; `target` = a token id scored at every position (None: the next token)."""
+    import torch
+    from interp.lens import logit_lens
+
+    tokens = torch.tensor([ids])
+    targets = None if target is None else torch.full_like(tokens, int(target))
+    return logit_lens(get(key).model, tokens, k=k, stream=stream, targets=targets)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def steps_trace(key: tuple, ids: tuple[int, ...], n_new: int, k: int, greedy: bool, temperature: float, seed: int,
+                stop_at_eos: bool):
+    import torch
+    from interp import explore
+
+    model = get(key).model
+    stop = None if stop_at_eos else []
+    return explore.generate_steps(model, torch.tensor(ids), n_steps=n_new, k=k, greedy=greedy,
+                                  temperature=temperature, seed=seed, stop_tokens=stop)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def completion(key: tuple, prompt: tuple[int, ...], max_new: int, stop_at_eos: bool) -> list[int]:
+    """Greedy continuation of `prompt` (`models.generation.generate`), eos included."""
+    from models.generation import generate
+
+    gen = generate(get(key).model, [list(prompt)], max_new_tokens=max_new, greedy=True,
+                   stop_tokens=None if stop_at_eos else [], return_output=True)
+    return list(gen.new_tokens[0])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def token_losses(key: tuple, ids: tuple[int, ...]) -> list[float]:
+    """Teacher-forced next-token loss at each position (T - 1 values)."""
+    import torch
+    import torch.nn.functional as F
+
+    model = get(key).model
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0].float()
+    return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none").tolist()
+
+
+def compare_examples(key: tuple):
+    """The checkpoint's test split with every post-prompt segment labelled
+    (step_masking_mode="none" where the task has that option), so each model's loss is
+    measured on prompt, steps and answer alike."""
+    ck = get(key)
+    over = {"step_masking_mode": "none"} if "step_masking_mode" in (ck.task or {}) else {}
+    return task_for(ck, **over).split("test")
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def compare_one(key: tuple, examples_key: tuple, n_examples: int, generate: bool) -> dict:
+    """`interp.steps.compare_checkpoints` for one checkpoint on the first `n_examples` test
+    examples of `examples_key`'s task (one model per call: the page shows progress per model)."""
+    from interp import steps
+
+    ck = get(key)
+    examples = compare_examples(examples_key)[:n_examples]
+    return steps.compare_checkpoints({ck.name: ck.model}, examples, generate=generate)[0]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def answer_step_attention(key: tuple, ids: tuple[int, ...], segments: tuple[int, ...]) -> np.ndarray:
+    import torch
+    from interp import steps
+
+    return steps.answer_to_step_attention(get(key).model, torch.tensor([ids]), torch.tensor([segments])).numpy()

@@ -1,0 +1,200 @@
+"""Compare: two or three checkpoints that share a tokenizer, side by side: test-split
+metrics per segment (task checkpoints) or per-token loss (text), each model's full greedy
+completion of the prompt against the target, and attention on one colour scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from interp import plots
+
+from .. import components, data
+from ..data import AppError
+from .common import Ctx, chart, export, head_picker, layer_picker
+from .steps import MATCH, MISMATCH
+
+TITLE = "Compare"
+GREY = "#e8e8e8"
+
+
+def candidates(ctx: Ctx) -> dict[str, Path]:
+    """Discovered checkpoints (runs: their last checkpoint) with this checkpoint's tokenizer."""
+    digest = data.tokenizer_digest(Path(ctx.ck.path))
+    return {n: p for n, p in data.discover().items() if digest is not None and data.tokenizer_digest(p) == digest}
+
+
+def _current(ctx: Ctx, found: dict[str, Path]) -> str:
+    name = ctx.view.get("ckpt") or ""
+    return name if name in found else ctx.ck.path
+
+
+def default_selection(ctx: Ctx, found: dict[str, Path]) -> list[str]:
+    cur = _current(ctx, found)
+    if cur in data.STEP_MASKING_TRIO and all(n in found for n in data.STEP_MASKING_TRIO):
+        return list(data.STEP_MASKING_TRIO)
+    others = [n for n in found if n != cur and Path(found[n]).resolve() != Path(ctx.ck.path).resolve()]
+    return [cur] + others[:1]
+
+
+def _resolve(entry: str, found: dict[str, Path]) -> Path:
+    if entry in found:
+        return found[entry]
+    try:
+        return data.check_dir(entry)
+    except AppError as e:
+        raise AppError(f"Compare: `{entry}` is neither a checkpoint name under "
+                       f"{', '.join(str(r) for r in data.checkpoint_roots())} nor a directory ({e})") from None
+
+
+def render(ctx: Ctx) -> None:
+    view = ctx.view
+    found = candidates(ctx)
+    default = default_selection(ctx, found)
+    if len(default) < 2 and not view.get("cmp"):
+        st.warning(f"Compare needs a second checkpoint with the same tokenizer as `{ctx.ck.name}`; none was found "
+                   f"under {', '.join(f'`{r}`' for r in data.checkpoint_roots())}. Train one (see README), or "
+                   f"point {data.ENV_ROOT} at a directory that holds more.")
+        return
+    chosen = view.get("cmp") or default
+    options = list(found) + [c for c in chosen if c not in found]
+    view.widget("multiselect", "cmp", "Checkpoints (two or three that share a tokenizer)", value=chosen,
+                options=options, max_selections=3, to_url=lambda v: None if list(v) == default else list(v))
+    if not 2 <= len(chosen) <= 3:
+        st.info("Pick two or three checkpoints to compare.")
+        return
+    paths = [_resolve(c, found) for c in chosen]
+    digests = [data.tokenizer_digest(p) for p in paths]
+    if len(set(digests)) != 1:
+        odd = [c for c, d in zip(chosen, digests) if d != digests[0]]
+        raise AppError(f"Compare needs checkpoints that share a tokenizer: {', '.join(odd)} tokenize differently "
+                       f"from {chosen[0]}. Pick others.")
+    progress = st.progress(0.0, text="Loading checkpoints…")
+    cks = []
+    for i, (c, path) in enumerate(zip(chosen, paths)):
+        progress.progress(i / (2 * len(chosen)), text=f"Loading {c} ({i + 1}/{len(chosen)})…")
+        cks.append(data.load(path))
+    names = [Path(c).name if c not in found else c for c in chosen]
+
+    if all(data.is_task(c) for c in cks) and len({c.task["name"] for c in cks}) == 1:
+        _task_metrics(ctx, cks, names, progress)
+    else:
+        _text_metrics(ctx, cks, names, progress)
+    progress.empty()
+    _side_by_side(ctx, cks, names)
+
+
+def _task_metrics(ctx: Ctx, cks, names, progress) -> None:
+    view = ctx.view
+    examples = data.compare_examples(cks[0].key)
+    c1, c2 = st.columns([3, 1])
+    n_max = min(len(examples), 500)
+    n_ex = min(max(1, int(view.get("nex"))), n_max)
+    view.widget("slider", "nex", f"Test examples of {cks[0].name}'s task", value=n_ex, min_value=1, max_value=n_max,
+                container=c1)
+    gen = bool(view.get("acc"))
+    view.widget("toggle", "acc", "Greedy accuracy", value=gen, container=c2,
+                help="Also decode each example greedily and check its answer (slower).")
+    rows = []
+    for i, (c, name) in enumerate(zip(cks, names)):
+        progress.progress(0.5 + i / (2 * len(cks)), text=f"Scoring {name} on {n_ex} test examples ({i + 1}/{len(cks)})…")
+        row = dict(data.compare_one(c.key, cks[0].key, n_ex, gen))
+        row["name"] = name
+        rows.append(row)
+    if gen:
+        for col, r in zip(st.columns(len(rows)), rows):
+            col.metric(r["name"], f"{r['answer_match']:.1%} answers right",
+                       help=f"greedy decoding of {n_ex} test examples; whole completion (steps + answer) exact: "
+                            f"{r['exact_match']:.1%}")
+    segs = [s for s in ("step", "answer") if any(r.get(f"n_tokens/{s}", 0) for r in rows)]
+    c1, c2 = st.columns(2)
+    chart(plots.segment_bars(rows, "loss", segments=segs, title="Teacher-forced loss per segment"), "compare_loss",
+          container=c1)
+    chart(plots.segment_bars(rows, "accuracy", segments=segs, title="Next-token accuracy per segment"), "compare_acc",
+          container=c2)
+    st.caption("Loss and accuracy are teacher-forced on every step and answer token, whatever each model was trained "
+               "on (the prompt is never a target).")
+    show = ["name"] + [f"{m}/{s}" for m in ("loss", "accuracy") for s in segs]
+    show += ["answer_to_step_attn/mean", "answer_to_step_attn/max", "answer_to_step_attn/argmax"]
+    show += ["exact_match", "answer_match"] if gen else []
+    table = pd.DataFrame(rows)[[c for c in show if c in rows[0]]].set_index("name")
+    st.dataframe(table, width="stretch")
+    export("compare_metrics", key="compare_metrics_export", table=lambda: pd.DataFrame(rows).set_index("name"))
+
+
+def _text_metrics(ctx: Ctx, cks, names, progress) -> None:
+    p = ctx.prompt()
+    losses = {}
+    for i, (c, name) in enumerate(zip(cks, names)):
+        progress.progress(0.5 + i / (2 * len(cks)), text=f"Scoring {name} on the prompt ({i + 1}/{len(cks)})…")
+        losses[name] = data.token_losses(c.key, p.ids)
+    for col, (name, v) in zip(st.columns(len(losses)), losses.items()):
+        col.metric(name, f"{np.mean(v):.3f} nats/token", help="mean next-token loss on the prompt")
+    chart(plots.per_token_lines(losses, p.labels[1:], title="Next-token loss on the prompt (x = the predicted token)",
+                                yaxis_title="loss (nats)").update_layout(height=320), "compare_token_loss")
+    export("compare_token_loss", key="compare_loss_export",
+           table=lambda: pd.DataFrame(losses, index=[f"{i + 1}:{l}" for i, l in enumerate(p.labels[1:])]))
+
+
+def _segments(ck, ids, cut: int) -> tuple[int, ...]:
+    """0 before `cut`; after it, <bot>..<eot> are steps (1) and the rest is the answer (2)."""
+    seg = [0] * cut + [2] * (len(ids) - cut)
+    bot, eot = ck.cfg.bot_token_id, ck.cfg.eot_token_id
+    rest = list(ids[cut:])
+    if bot is not None and bot in rest:
+        start = cut + rest.index(bot)
+        end = cut + rest.index(eot) if eot is not None and eot in rest else len(ids) - 1
+        for i in range(start, end + 1):
+            seg[i] = 1
+    return tuple(seg)
+
+
+def _side_by_side(ctx: Ctx, cks, names) -> None:
+    st.markdown("#### One prompt, side by side")
+    p = ctx.prompt()
+    ids = p.ids
+    cut = data.prompt_end(cks[0], ids)
+    target = list(ids[cut:])
+    stop = data.is_task(cks[0]) and cks[0].cfg.eos_token_id is not None
+    room = min((c.cfg.n_ctx - cut if c.cfg.positional == "learned" else 256) for c in cks)
+    max_new = max(1, min(room, len(target) + 16 if target else 48))
+    c1, c2 = st.columns(2)
+    layer, head = layer_picker(ctx, container=c1), head_picker(ctx, container=c2)
+    vocab = data.decode_list(cks[0])
+    pats = [data.attention(c.key, ids)[min(layer, c.cfg.n_layers - 1), min(head, c.cfg.n_heads - 1)] for c in cks]
+    top = max(float(np.max(a)) for a in pats)
+    seg = _segments(cks[0], ids, cut) if target else None
+    a2s = [data.answer_step_attention(c.key, ids, seg) for c in cks] if seg and 1 in seg and 2 in seg else None
+    a_lo = min(float(np.nanmin(a)) for a in a2s) if a2s else None
+    a_hi = max(float(np.nanmax(a)) for a in a2s) if a2s else None
+    st.caption(f"Greedy completion after {cut} prompt tokens ({''.join(p.labels[max(0, cut - 8):cut])}), "
+               + (f"checked against the target (the prompt's remaining {len(target)} tokens)" if target else
+                  "no target (the prompt ends there)")
+               + f"; attention of L{layer}H{head} on the whole prompt, one colour scale (0 to {top:.3f}) for all panels.")
+    for col, c, name, pat, i in zip(st.columns(len(cks)), cks, names, pats, range(len(cks))):
+        with col:
+            st.markdown(f"**{name}**")
+            out = data.completion(c.key, ids[:cut], max_new, stop)
+            if target:
+                ok = [i < len(target) and t == target[i] for i, t in enumerate(out)]
+                first_bad = next((j for j, good in enumerate(ok[: len(target)]) if not good), None)
+                done = out[: len(target)] == target
+                st.markdown(":green[**matches the target**]" if done else
+                            f":red[**differs at token {first_bad if first_bad is not None else len(out)}**]")
+                colors = [MATCH if good else (MISMATCH if j < len(target) else GREY) for j, good in enumerate(ok)]
+            else:
+                colors = None
+            components.token_strip(f"compare_out_{i}", [vocab[t] for t in out], colors=colors,
+                                   titles=[f"{j}: {vocab[t]}" + (f" (target {vocab[target[j]]})" if j < len(target) else "")
+                                           for j, t in enumerate(out)])
+            fig = plots.attention_heatmap(pat, p.labels, p.labels, zmax=top, title=f"{name} L{layer}H{head}")
+            chart(fig.update_layout(height=min(620, max(360, 160 + 9 * len(ids)))), f"compare_attn_{i}")
+            if a2s is not None:
+                chart(plots.head_score_heatmap(a2s[i], name="answer→step", title="answer → step attention",
+                                               selected=(layer, head), zmin=a_lo, zmax=a_hi).update_layout(height=260),
+                      f"compare_a2s_{i}")
+    export("compare_attention", key="compare_attn_export",
+           arrays=lambda: {f"attention_{n}": data.attention(c.key, ids) for n, c in zip(names, cks)} | {"tokens": np.array(ids)})

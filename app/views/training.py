@@ -1,0 +1,87 @@
+"""Training: every numeric series of a run's metrics.jsonl (loss, accuracy, learning rate,
+any progress measure), with the run's checkpoints marked; the step slider in the sidebar
+(or a click on a checkpoint marker) loads that step's checkpoint for every page."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+
+from interp import plots
+
+from .. import data
+from ..state import set_param
+from .common import Ctx, chart, export
+
+TITLE = "Training"
+LAST = ("lr", "grad_norm", "tokens_per_s", "tokens_seen", "n_examples", "n_tokens", "n_generated", "seq_len",
+        "max_len", "n_truncated")
+
+
+def unavailable(ctx: Ctx) -> Optional[str]:
+    if ctx.run is None:
+        return "this checkpoint is not part of a training run (a directory of `step_*` checkpoints)"
+    if not ctx.run.has_training_view:
+        return f"the run `{ctx.run.dir}` has fewer than two checkpoints or no metrics.jsonl"
+    return None
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _series(path: str, mtime: float) -> dict:
+    return data.metric_series(Path(path))
+
+
+def group_of(name: str) -> str:
+    """"train/loss" -> "loss"; "progress/induction[0][1]" -> "induction"."""
+    key = name.split("/", 1)[1] if "/" in name else name
+    return re.sub(r"(\[\d+\])+", "", key)
+
+
+def _rank(group: str) -> tuple:
+    g = group.lower()
+    return (0 if "loss" in g or "ppl" in g else 1 if "acc" in g or "match" in g else 3 if g in LAST else 2, g)
+
+
+def _nearest(steps: list[int], x) -> int:
+    return min(steps, key=lambda s: abs(s - float(x)))
+
+
+def render(ctx: Ctx) -> None:
+    run, view = ctx.run, ctx.view
+    file = run.metrics_file
+    series = _series(str(file), file.stat().st_mtime)
+    if not series:
+        st.info(f"`{file}` holds no numeric series yet.")
+        return
+    steps = list(run.steps)
+    st.markdown(f"**Run** `{run.dir}`: {len(steps)} checkpoints (steps {steps[0]}–{steps[-1]}"
+                + (f", last {run.last}" if run.last is not None else "") + (f", best {run.best}" if run.best is not None else "")
+                + f"); showing step **{ctx.step}** on every page. Pick another with the slider in the sidebar or "
+                "click a checkpoint marker (open circle).")
+    logy = bool(view.get("logy"))
+    view.widget("toggle", "logy", "Log-scale losses", value=logy)
+    groups: dict[str, dict] = {}
+    for name, (xs, ys) in series.items():
+        groups.setdefault(group_of(name), {})[name] = (xs, ys)
+    constant = {}  # groups in which nothing ever changes: a table, not a figure
+    for g in [g for g, lines in groups.items() if all(len(set(ys)) <= 1 for _, ys in lines.values())]:
+        constant.update({name: ys[0] for name, (_, ys) in groups.pop(g).items() if ys})
+    cols = st.columns(2)
+    for i, g in enumerate(sorted(groups, key=_rank)):
+        lines = groups[g]
+        is_loss = "loss" in g.lower() or "ppl" in g.lower()
+        positive = all(v > 0 for _, ys in lines.values() for v in ys)
+        fig = plots.metric_curves(lines, title=g, step=ctx.step, log_y=logy and is_loss and positive,
+                                  checkpoint_steps=steps)
+        chart(fig.update_layout(height=300, margin=dict(t=40, b=30)), f"train_{i}", container=cols[i % 2],
+              on_point=lambda pt: set_param("step", _nearest(steps, pt.get("x", steps[-1]))))
+    if constant:
+        with st.expander(f"{len(constant)} constant series"):
+            st.dataframe(pd.DataFrame({"series": list(constant), "value": list(constant.values())}), hide_index=True)
+    export(f"{run.dir.name}_metrics", key="training_export",
+           table=lambda: pd.DataFrame([{"series": n, "step": x, "value": y} for n, (xs, ys) in series.items()
+                                       for x, y in zip(xs, ys)]).set_index("series"))
