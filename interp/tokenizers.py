@@ -35,6 +35,25 @@ with `unk="<unk>"` maps unknowns to that declared id. Ids outside the vocabulary
 
 `add_special_tokens=True` prepends `<bos>` (no `<eos>`: the usual use is a prompt to continue);
 it is a `TemplateProcessing` post-processor stored in the file, so HF sees the same.
+
+Pretrained tokenizers: `load_tokenizer` also reads any local `tokenizer.json` made elsewhere
+and any `transformers` tokenizer directory (a saved `PreTrainedTokenizerFast`, or slow files
+such as GPT-2's `vocab.json` + `merges.txt`, converted by `AutoTokenizer`); the roles declared
+in its `tokenizer_config.json` (`bos_token`, `eos_token`, ...) win over name detection.
+`Tokenizer.from_transformers(hf_tokenizer)` wraps one already loaded.
+
+Chat templates (Jinja, rendered exactly as `transformers` renders them):
+
+```python
+tok.set_chat_template()                        # the shipped ChatML template; adds <|im_start|> <|im_end|>
+ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+tok.save("runs/x")                             # tokenizer.json + chat_template.jinja (HF's file name)
+tok.to_transformers().apply_chat_template(...) # the same ids
+```
+
+A template travels beside `tokenizer.json` as `chat_template.jinja` (tokenizer.json itself has
+no slot for it), so it is part of every checkpoint and of `save_pretrained` output; the
+special-token roles travel as a `tokenizer_config.json` in HF's format.
 """
 
 from __future__ import annotations
@@ -62,9 +81,23 @@ __all__ = [
     "ARITHMETIC_SYMBOLS",
     "DEFAULT_SPECIALS",
     "TOKENIZER_FILE",
+    "CHAT_TEMPLATE_FILE",
+    "DEFAULT_CHAT_TEMPLATE",
+    "CHAT_TOKENS",
 ]
 
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own file name for it
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# ChatML (as in Qwen / SmolLM), after <bos> when the tokenizer has one
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- if bos_token %}{{ bos_token }}{% endif %}"
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHAT_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")  # what DEFAULT_CHAT_TEMPLATE needs
 DEFAULT_SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>")
 ARITHMETIC_SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<bot>", "<eot>")
 # operators, answer marker, and the scratchpad separators (see interp.tasks.arithmetic)
@@ -100,11 +133,24 @@ def _snippet(text: str, pos: int, width: int = 20) -> str:
 
 
 class Tokenizer:
-    """A thin wrapper over a `tokenizers.Tokenizer` with named special-token roles."""
+    """A thin wrapper over a `tokenizers.Tokenizer` with named special-token roles and an
+    optional chat template.
 
-    def __init__(self, hf: HFTokenizer):
+    `roles` overrides name detection, e.g. `{"bos": "<|endoftext|>"}` for GPT-2 (as a
+    `transformers` tokenizer declares them); `chat_template` is a Jinja template string."""
+
+    def __init__(self, hf: HFTokenizer, *, chat_template: Optional[str] = None,
+                 roles: Optional[dict[str, str]] = None):
         self._hf = hf
+        self._role_overrides: dict[str, str] = {}
+        for role, token in (roles or {}).items():
+            if role not in ROLE_NAMES:
+                raise ValueError(f"unknown special-token role {role!r}; roles are {list(ROLE_NAMES)}")
+            if token is not None:
+                self._role_overrides[role] = str(token)
+        self._chat_template: Optional[str] = None
         self._refresh()
+        self.chat_template = chat_template
 
     # ------------------------------------------------------------------ internals
     def _refresh(self) -> None:
@@ -122,6 +168,10 @@ class Tokenizer:
         self._roles: dict[str, Optional[int]] = {}
         for role, names in ROLE_NAMES.items():
             self._roles[role] = next((self._vocab[n] for n in names if n in self._vocab), None)
+        for role, token in self._role_overrides.items():
+            if token not in self._vocab:
+                raise ValueError(f"{role}_token {token!r} is not in the vocabulary ({len(self._vocab)} tokens)")
+            self._roles[role] = self._vocab[token]
         model = json.loads(hf.model.__getstate__()) if hasattr(hf.model, "__getstate__") else {}
         self._model_type = model.get("type")
         unk = model.get("unk_token")
@@ -291,25 +341,92 @@ class Tokenizer:
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
         return [self.token_to_id(t) for t in tokens]
 
+    # ------------------------------------------------------------------ chat
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The Jinja chat template (None: none attached)."""
+        return self._chat_template
+
+    @chat_template.setter
+    def chat_template(self, template: Optional[str]) -> None:
+        if template is not None:
+            import jinja2
+
+            if not isinstance(template, str):
+                raise TypeError(f"chat_template must be a str, got {type(template).__name__}")
+            try:
+                jinja2.Environment().parse(template)
+            except jinja2.TemplateSyntaxError as err:
+                raise ValueError(f"chat_template is not valid Jinja (line {err.lineno}: {err.message})") from None
+        self._chat_template = template
+
+    def set_chat_template(self, template: Optional[str] = None, special_tokens: Optional[Sequence[str]] = None
+                          ) -> "Tokenizer":
+        """Attach `template` (default: `DEFAULT_CHAT_TEMPLATE`, ChatML) and add the marker tokens
+        it uses as special tokens when the vocabulary lacks them (`special_tokens`, default
+        `CHAT_TOKENS` for the shipped template). New tokens take the next free ids, so call this
+        before building the model (its `d_vocab` is `vocab_size`). Returns self."""
+        if template is None:
+            template = DEFAULT_CHAT_TEMPLATE
+            special_tokens = CHAT_TOKENS if special_tokens is None else special_tokens
+        missing = [t for t in (special_tokens or ()) if t not in self._vocab]
+        if missing:
+            self._hf.add_special_tokens(missing)
+            self._refresh()
+        self.chat_template = template
+        return self
+
+    def special_tokens_map(self) -> dict[str, str]:
+        """`{"bos_token": "<bos>", ...}` for the roles HF names (what chat templates read)."""
+        return {f"{r}_token": self._id_to_tok[self._roles[r]] for r in ("bos", "eos", "unk", "pad")
+                if self._roles[r] is not None}
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = False,
+                            tokenize: bool = True, continue_final_message: bool = False,
+                            chat_template: Optional[str] = None, **kwargs) -> Union[str, list[int]]:
+        """Render `messages` (`[{"role": ..., "content": ...}, ...]`) with the chat template,
+        through `transformers`' own renderer (same Jinja environment and variables, so the
+        text equals `PreTrainedTokenizerFast.apply_chat_template`). `tokenize=True` returns the
+        ids (`encode`: markers inside the text become their ids, nothing else is added);
+        `False` the text. Extra keyword arguments are template variables."""
+        template = chat_template if chat_template is not None else self._chat_template
+        if template is None:
+            raise ValueError("this tokenizer has no chat template: call set_chat_template() (the shipped ChatML "
+                             "template) or set_chat_template(your_jinja_string) first")
+        if not messages:
+            raise ValueError("cannot apply a chat template to an empty conversation")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m:
+                raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        conversation = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        rendered, _ = render_jinja_template(
+            conversations=[conversation], chat_template=template, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, **{**self.special_tokens_map(), **kwargs})
+        text = rendered[0]
+        return self.encode(text) if tokenize else text
+
     # ------------------------------------------------------------------ files
     def to_json_str(self, pretty: bool = False) -> str:
         return self._hf.to_str(pretty=pretty)
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write `tokenizer.json` atomically. `path` is a directory (created if needed;
-        writes `path/tokenizer.json`) or a file path ending in `.json`. Returns the file."""
+        writes `path/tokenizer.json`) or a file path ending in `.json`. Returns the file.
+        Beside it, as `transformers` writes them (so `AutoTokenizer.from_pretrained` reads the
+        directory as it is): `tokenizer_config.json` (the bos/eos/pad/unk tokens) and, when a
+        template is attached, `chat_template.jinja` (a stale one is removed)."""
         path = Path(path)
         file = path if path.suffix == ".json" else path / TOKENIZER_FILE
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tokenizer.", suffix=".tmp", dir=file.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json_str(pretty=True))
-            os.replace(tmp, file)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        _write_atomic(file, self.to_json_str(pretty=True))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **self.special_tokens_map()}
+        _write_atomic(file.parent / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        if self._chat_template is not None:
+            _write_atomic(file.parent / CHAT_TEMPLATE_FILE, self._chat_template)
+        else:
+            (file.parent / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
         return file
 
     @classmethod
@@ -329,32 +446,90 @@ class Tokenizer:
             hf = HFTokenizer.from_str(text)
         except Exception as err:
             raise TokenizerFileError(f"tokenizer file {file} is not a valid tokenizer.json: {err}") from err
-        return cls(hf)
+        template, roles = _read_sidecars(file.parent)
+        return cls(hf, chat_template=template, roles=roles)
 
     @classmethod
     def from_json_str(cls, text: str) -> "Tokenizer":
         return cls(HFTokenizer.from_str(text))
 
+    @classmethod
+    def from_transformers(cls, hf_tokenizer) -> "Tokenizer":
+        """Wrap a loaded `transformers` fast tokenizer (its backend `tokenizers.Tokenizer`, its
+        declared bos/eos/pad/unk tokens and its chat template)."""
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TypeError(f"{type(hf_tokenizer).__name__} has no backend_tokenizer (a slow tokenizer?): load it "
+                            "with AutoTokenizer.from_pretrained(..., use_fast=True)")
+        roles = {}
+        for role in ("bos", "eos", "pad", "unk"):
+            token = getattr(hf_tokenizer, f"{role}_token", None)
+            if token is not None:
+                roles[role] = str(token)
+        template = hf_tokenizer.chat_template if isinstance(hf_tokenizer.chat_template, str) else None
+        return cls(HFTokenizer.from_str(backend.to_str()), chat_template=template, roles=roles)
+
     def to_transformers(self):
-        """A `transformers.PreTrainedTokenizerFast` over the same tokenizer (for export)."""
+        """A `transformers.PreTrainedTokenizerFast` over the same tokenizer (for export), with
+        the same special-token roles and chat template."""
         from transformers import PreTrainedTokenizerFast
 
         kwargs = {}
         for role, key in (("pad", "pad_token"), ("bos", "bos_token"), ("eos", "eos_token"), ("unk", "unk_token")):
             if self._roles[role] is not None:
                 kwargs[key] = self._id_to_tok[self._roles[role]]
+        if self._chat_template is not None:
+            kwargs["chat_template"] = self._chat_template
         return PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(self.to_json_str()), **kwargs)
 
     # ------------------------------------------------------------------ misc
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tokenizer) and self.to_json_str() == other.to_json_str()
+        return (isinstance(other, Tokenizer) and self.to_json_str() == other.to_json_str()
+                and self._chat_template == other._chat_template and self._roles == other._roles)
 
     def __hash__(self) -> int:
-        return hash(self.to_json_str())
+        return hash((self.to_json_str(), self._chat_template))
 
     def __repr__(self) -> str:
         specials = ", ".join(f"{k}={v}" for k, v in self.special_token_ids().items())
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self._size}, {specials})"
+
+
+def _write_atomic(file: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{file.stem}.", suffix=".tmp", dir=file.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, file)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_sidecars(folder: Path) -> tuple[Optional[str], dict[str, str]]:
+    """(chat template, role overrides) from `chat_template.jinja` / `tokenizer_config.json`
+    beside a tokenizer.json, as `transformers` writes them."""
+    template, roles = None, {}
+    config_file = folder / TOKENIZER_CONFIG_FILE
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise TokenizerFileError(f"{config_file} is not valid JSON: {err}") from err
+        for role in ("bos", "eos", "pad", "unk"):
+            token = config.get(f"{role}_token")
+            if isinstance(token, dict):  # older AddedToken serialisation
+                token = token.get("content")
+            if isinstance(token, str):
+                roles[role] = token
+        found = config.get("chat_template")
+        if isinstance(found, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            found = next((t.get("template") for t in found if t.get("name") == "default"), None)
+        template = found if isinstance(found, str) else None
+    if (folder / CHAT_TEMPLATE_FILE).is_file():
+        template = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    return template, roles
 
 
 def _as_list(ids) -> list:
@@ -480,5 +655,20 @@ def bpe_tokenizer(
 
 
 def load_tokenizer(path: Union[str, os.PathLike]) -> Tokenizer:
-    """`Tokenizer.load`: a directory holding `tokenizer.json`, or the file itself."""
+    """A `tokenizer.json` file, a directory holding one (ours, or saved by `transformers`,
+    with its `tokenizer_config.json` roles and chat template), or a `transformers` tokenizer
+    directory with no `tokenizer.json` (e.g. GPT-2's `vocab.json` + `merges.txt`), converted
+    by `AutoTokenizer` offline."""
+    path = Path(path)
+    if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
+        if not any((path / n).is_file() for n in (TOKENIZER_CONFIG_FILE, "vocab.json", "tokenizer.model")):
+            raise TokenizerFileError(f"cannot load tokenizer: directory {path} has no {TOKENIZER_FILE} and is not a "
+                                     "transformers tokenizer directory (no tokenizer_config.json / vocab.json)")
+        from transformers import AutoTokenizer
+
+        try:
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+        except Exception as err:
+            raise TokenizerFileError(f"transformers could not load the tokenizer in {path}: {err}") from err
+        return Tokenizer.from_transformers(hf_tokenizer)
     return Tokenizer.load(path)
