@@ -48,6 +48,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     eval_split="val",
     save_every=500,
     keep_last=3,  # step checkpoints kept (plus best); "all" keeps the whole series, compactly
+    save_best=True,  # also save whenever the eval loss improves (the `best` checkpoint)
     save_dtype=None,  # fp16 | bf16: store the weights of step checkpoints in half precision
     metrics=[],  # progress measures run at each eval (interp.training.progress.MEASURES)
     log_every=10,
@@ -66,6 +67,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     wandb_project="interp",
     deterministic=False,  # torch.use_deterministic_algorithms (CUDA)
     trainer="default",  # a name registered with interp.training.loop.register_trainer
+    coconut=None,  # trainer: coconut options (interp.training.coconut.COCONUT_DEFAULTS fills the rest)
 )
 TOP_LEVEL = ("name", "description", "model", "task", "train")
 MODEL_FIELDS = {f.name for f in dc_fields(ModelConfig) if not f.metadata.get("runtime")}
@@ -188,6 +190,8 @@ def _validate_train(t: dict) -> None:
     for key in ("warmup", "eval_batches", "eval_generate", "seed"):
         if not isinstance(t[key], int) or t[key] < 0:
             raise TrainConfigError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
+    if not isinstance(t["save_best"], bool):
+        raise TrainConfigError(f"train.save_best must be true or false, got {t['save_best']!r}")
     for key in ("lr", "weight_decay", "eps"):
         if not isinstance(t[key], (int, float)) or t[key] < 0:
             raise TrainConfigError(f"train.{key} must be a non-negative number, got {t[key]!r}")
@@ -211,6 +215,12 @@ def _validate_train(t: dict) -> None:
     if unknown:
         raise TrainConfigError(f"train.metrics: unknown progress measure(s) {unknown}; known: {sorted(MEASURES)}")
     Curriculum(t["seq_len_curriculum"])  # validates
+    if t["coconut"] is not None or t["trainer"] == "coconut":
+        if t["trainer"] != "coconut":
+            raise TrainConfigError(f"train.coconut is set but train.trainer={t['trainer']!r}; set train.trainer: coconut")
+        from .coconut import coconut_options  # importing it also registers the trainer
+
+        t["coconut"] = coconut_options(t["coconut"])
 
 
 def _positive_int(t: dict, key: str, alternative: str = "") -> None:

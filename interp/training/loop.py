@@ -421,9 +421,8 @@ class Trainer:
             if flag is True:
                 raise TrainConfigError("train.cuda_graphs=true needs a CUDA device")
             return False
-        if flag == "auto":
-            # dropout draws fresh masks per replay only through graph-safe RNG; keep it simple
-            return float(self.model.cfg.dropout) == 0.0 and not self.t["gradient_checkpointing"]
+        if flag == "auto":  # dropout is fine: the CUDA generator advances its offset on every replay
+            return not self.t["gradient_checkpointing"]
         return bool(flag)
 
     # ------------------------------------------------------------------ loop
@@ -464,7 +463,8 @@ class Trainer:
                         self.tokens_seen += int(values[1])
                         sinks.log({"event": "train", "step": done, "loss": mean_loss, "lr": lr,
                                    "grad_norm": values[3] if grad_norm is not None else None,
-                                   "tokens_per_s": tok_s, "tokens_seen": self.tokens_seen, "max_len": max_len,
+                                   "tokens_per_s": tok_s, "steps_per_s": window_steps / max(now - window_start, 1e-9),
+                                   "tokens_seen": self.tokens_seen, "max_len": max_len,
                                    "seq_len": int(micro[0].input_ids.shape[1]), "n_truncated": int(values[2])})
                         bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tok_s:,.0f}")
                         window = {k: zero() for k in window}
@@ -480,7 +480,8 @@ class Trainer:
                         if stop.received == signal.SIGINT:
                             raise KeyboardInterrupt
                         raise SystemExit(128 + stop.received)
-                    if done % t["save_every"] == 0 or done == end or self.manager.is_better(metric):
+                    better = t["save_best"] and self.manager.is_better(metric)
+                    if done % t["save_every"] == 0 or done == end or better:
                         last_ckpt = self.save(done, metric)
                         window_start = time.perf_counter()
         finally:
