@@ -1,10 +1,23 @@
-"""Training-step throughput of `HookedTransformer` vs a plain nanoGPT reference, and
-peak memory of factored-alibi vs RoPE at long context. Prints one JSON document.
+"""Training-step throughput of `HookedTransformer` against two plain GPT-2s, and peak memory
+of factored-alibi vs RoPE at long context. Prints one JSON document.
 
-    python benchmarks/bench_model.py                       # GPU: GPT-2-small shape, bf16, 16x1024
-    python benchmarks/bench_model.py --small --steps 3     # CPU smoke run (tests use this)
+    python benchmarks/bench_model.py --out result.json     # GPU: GPT-2-small shape, bf16, 16x1024
+    python benchmarks/bench_model.py --small --steps 3     # CPU smoke run
 
-All ratios come from one process, with the contenders interleaved round by round.
+Contenders, in one process, interleaved round by round, each eager and `torch.compile`d:
+
+* `ours`: preset `vanilla` at GPT-2-small shape (vocabulary 50,257), no hooks;
+* `anchor` (`anchor_gpt.py`): an independent nanoGPT-style GPT-2 at its best -- vocabulary
+  padded to 50,304, loss from fp32 logits, fused AdamW with decay groups;
+* `reference` (`reference_gpt.py`): a plain GPT-2 with our choices (vocabulary 50,257, the
+  autocast loss path);
+* `ours_run_with_cache`: every hook cached (explicit attention), eager.
+
+`--variants` adds diagnostics: `ours_unpadded` (our loss-path vocabulary padding off),
+`ours_cudnn` / `anchor_cudnn` (cuDNN attention tried first), each with `_compiled`.
+MFU uses the nanoGPT / PaLM count, 6 N + 12 L d T FLOPs per token with N the parameters
+without the position table at the true vocabulary (the same work for every contender), over
+the GPU's dense bf16 peak. `--profile NAME,...` adds a per-kernel breakdown of a few steps.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -22,8 +36,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from anchor_gpt import AnchorConfig, AnchorGPT  # noqa: E402
+from models import attention as our_attention  # noqa: E402
 from models import presets  # noqa: E402
+from models import transformer as our_transformer  # noqa: E402
 from reference_gpt import GPT  # noqa: E402
+
+DEFAULT_VARIANTS = (
+    "ours,anchor,reference,ours_compiled,anchor_compiled,reference_compiled,ours_run_with_cache"
+)
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0, "L4": 121.0}
 
 
 def sync(device):
@@ -37,70 +59,256 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def make_step(loss_fn, params, device, dtype):
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+def peak_flops(device, override) -> float | None:
+    if override:
+        return override * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    for key, tflops in PEAK_BF16_TFLOPS.items():  # most specific first
+        if key in name:
+            return tflops * 1e12
+    return None
 
-    def step(tokens, targets):
-        with autocast(device, dtype):
-            loss = loss_fn(tokens, targets)
+
+def fresh(fn, tag: str):
+    """`fn` with its own code object, so torch.compile keeps a separate cache (and traces
+    under that variant's settings) instead of reusing another variant's graph."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+@contextlib.contextmanager
+def settings(unembed_align=None, sdpa=None, outer_sdpa=None):
+    """Model-level knobs for one variant (read at trace time; guarded by torch.compile)."""
+    saved = our_transformer.UNEMBED_ALIGN, our_attention.SDPA_BACKENDS
+    if unembed_align is not None:
+        our_transformer.UNEMBED_ALIGN = unembed_align
+    if sdpa is not None:
+        our_attention.SDPA_BACKENDS = sdpa
+    try:
+        if outer_sdpa is not None:
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel(outer_sdpa, set_priority=True):
+                yield
+        else:
+            yield
+    finally:
+        our_transformer.UNEMBED_ALIGN, our_attention.SDPA_BACKENDS = saved
+
+
+def cudnn_first():
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+class Variant:
+    def __init__(self, name, model, loss, opt, compiled, knobs):
+        self.name, self.model, self.knobs = name, model, knobs
+        self.loss = torch.compile(fresh(loss, name)) if compiled else loss
+        self.opt = opt
+
+    def step(self, tokens, targets, device, dtype):
+        with settings(**self.knobs), autocast(device, dtype):
+            loss = self.loss(tokens, targets)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         return loss
 
-    return step
+
+def build_variants(names, args, device, size):
+    cfg_kw = dict(d_vocab=args.vocab, n_ctx=args.seq)
+    fused = device.type == "cuda"
+    models, variants = {}, []
+
+    def ours():
+        if "ours" not in models:
+            torch.manual_seed(0)
+            models["ours"] = presets.make("vanilla", size, **cfg_kw).to(device)
+        return models["ours"]
+
+    def anchor(tag):
+        if tag not in models:
+            c = ours().cfg
+            torch.manual_seed(0)
+            models[tag] = AnchorGPT(AnchorConfig(c.n_layers, c.n_heads, c.d_model, c.n_ctx, c.d_vocab)).to(device)
+        return models[tag]
+
+    def reference():
+        if "reference" not in models:
+            c = ours().cfg
+            torch.manual_seed(0)
+            models["reference"] = GPT(c.n_layers, c.d_model, c.n_heads, c.d_vocab, c.n_ctx, c.d_mlp).to(device)
+        return models["reference"]
+
+    for name in names:
+        base, compiled = name.removesuffix("_compiled"), name.endswith("_compiled")
+        knobs = {}
+        if base in ("ours", "ours_unpadded", "ours_cudnn", "ours_run_with_cache"):
+            model = ours()
+            if base == "ours_run_with_cache":
+
+                def loss(tok, tgt, model=model):
+                    out, _ = model.run_with_cache(tok, return_type="loss", return_cache_object=False)
+                    return out
+            else:
+
+                def loss(tok, tgt, model=model):
+                    return model(tok, return_type="loss")
+            knobs = {"ours_unpadded": dict(unembed_align=1), "ours_cudnn": dict(sdpa=cudnn_first())}.get(base, {})
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+        elif base in ("anchor", "anchor_cudnn"):
+            model = anchor(base)
+
+            def loss(tok, tgt, model=model):
+                return model(tok, tgt.masked_fill(tgt == -100, -1))
+            knobs = dict(outer_sdpa=cudnn_first()) if base == "anchor_cudnn" else {}
+            opt = model.configure_optimizer(lr=1e-4, fused=fused)
+        elif base == "reference":
+            model = reference()
+
+            def loss(tok, tgt, model=model):
+                return model(tok, tgt)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+        else:
+            raise SystemExit(f"unknown variant {name!r}")
+        variants.append(Variant(name, model, loss, opt, compiled, knobs))
+    return variants, models
 
 
-def time_steps(step, tokens, targets, device, n):
+def time_steps(v: Variant, tokens, targets, device, dtype, n):
     sync(device)
     t0 = time.perf_counter()
     for _ in range(n):
-        step(tokens, targets)
+        v.step(tokens, targets, device, dtype)
     sync(device)
     return time.perf_counter() - t0
 
 
-def throughput(args, device, dtype) -> dict:
+def profile_variant(v: Variant, tokens, targets, device, dtype, steps=3, top=30) -> dict:
+    """Per-kernel device time over `steps` steps (after warm-up), grouped by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            v.step(tokens, targets, device, dtype)
+        sync(device)
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0)
+        if t > 0:
+            rows.append((e.key, t / steps / 1000.0, e.count // steps))
+    rows.sort(key=lambda r: -r[1])
+
+    def kind(name: str) -> str:
+        n = name.lower()
+        if any(s in n for s in ("flash", "fmha", "cudnn", "attention", "sdpa")):
+            return "attention"
+        if any(s in n for s in ("gemm", "cutlass", "nvjet", "xmma", "sm90", "sm80", "matmul", "splitk")):
+            return "matmul"
+        if any(s in n for s in ("adam", "multi_tensor", "foreach")):
+            return "optimizer"
+        if n.startswith("triton") or "triton" in n:
+            return "triton (fused elementwise / norms / loss)"
+        if "memcpy" in n or "memset" in n:
+            return "memcpy/memset"
+        return "other aten"
+
+    kinds: dict[str, float] = {}
+    for name, ms, _ in rows:
+        kinds[kind(name)] = kinds.get(kind(name), 0.0) + ms
+    return {
+        "ms_per_step_on_device": round(sum(r[1] for r in rows), 3),
+        "by_kind_ms": {k: round(t, 3) for k, t in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"name": n[:160], "ms": round(ms, 3), "calls": c} for n, ms, c in rows[:top]],
+    }
+
+
+def cudnn_check(device, dtype) -> dict:
+    """cuDNN attention against the default backend on the benchmark's attention shape."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(4, 12, 1024, 64, device=device, dtype=dtype, generator=g, requires_grad=True) for _ in range(3))
+    out = {}
+    for tag, backends in (("default", None), ("cudnn", [SDPBackend.CUDNN_ATTENTION])):
+        ctx = sdpa_kernel(backends) if backends else contextlib.nullcontext()
+        with ctx:
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            grads = torch.autograd.grad(y.float().square().sum(), (q, k, v))
+        out[tag] = (y.float(), [gr.float() for gr in grads])
+    (y0, g0), (y1, g1) = out["default"], out["cudnn"]
+    return {
+        "max_abs_diff_out": float((y0 - y1).abs().max()),
+        "max_rel_diff_grads": max(float((a - b).norm() / a.norm()) for a, b in zip(g0, g1)),
+    }
+
+
+def throughput(args, device, dtype, result) -> dict:
     size = "tiny" if args.small else "large"
-    cfg_kw = dict(d_vocab=args.vocab, n_ctx=args.seq)
-    ours = presets.make("vanilla", size, **cfg_kw).to(device)
-    c = ours.cfg
-    ref = GPT(c.n_layers, c.d_model, c.n_heads, c.d_vocab, c.n_ctx, c.d_mlp).to(device)
+    names = [n for n in args.variants.split(",") if n]
+    variants, models = build_variants(names, args, device, size)
+    c = models["ours"].cfg if "ours" in models else presets.config("vanilla", size, d_vocab=args.vocab, n_ctx=args.seq)
     B, T = args.batch, args.seq
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, c.d_vocab, (B, T), generator=g).to(device)
     targets = torch.cat([tokens[:, 1:], tokens.new_full((B, 1), -100)], dim=1)
 
-    def ours_loss(tok, tgt):
-        return ours(tok, return_type="loss")
-
-    def ref_loss(tok, tgt):
-        return ref(tok, tgt)
-
-    def ours_cached_loss(tok, tgt):
-        loss, cache = ours.run_with_cache(tok, return_type="loss", return_cache_object=False)
-        return loss
-
-    variants = {"ours": ours_loss, "reference": ref_loss}
-    if args.compile:
-        variants["ours_compiled"] = torch.compile(ours_loss)
-        variants["reference_compiled"] = torch.compile(ref_loss)
-    variants["ours_run_with_cache"] = ours_cached_loss
-    owner = {"ours": ours, "reference": ref, "ours_compiled": ours, "reference_compiled": ref, "ours_run_with_cache": ours}
-    steps = {k: make_step(fn, owner[k].parameters(), device, dtype) for k, fn in variants.items()}
-    for k, s in steps.items():  # warm-up (and compile)
-        time_steps(s, tokens, targets, device, args.warmup)
-    times: dict[str, list[float]] = {k: [] for k in steps}
+    out: dict = {"variants": names, "compile_s": {}, "skipped": []}
+    t_start = time.perf_counter()
+    live = []
+    for v in variants:  # warm-up (and compile), each within the time budget
+        if args.deadline_s and time.perf_counter() - args.t0 > args.deadline_s:
+            out["skipped"].append(v.name)
+            continue
+        t0 = time.perf_counter()
+        time_steps(v, tokens, targets, device, dtype, args.warmup)
+        out["compile_s"][v.name] = round(time.perf_counter() - t0, 1)
+        live.append(v)
+    times: dict[str, list[float]] = {v.name: [] for v in live}
     for _ in range(args.rounds):
-        for k, s in steps.items():
-            times[k].append(time_steps(s, tokens, targets, device, args.steps))
-    tok_s = {k: B * T * args.steps / statistics.median(v) for k, v in times.items()}
-    out = {f"{k}_tokens_per_s": round(v) for k, v in tok_s.items()}
-    out["ratio_eager"] = tok_s["ours"] / tok_s["reference"]
-    if args.compile:
-        out["ratio_compiled"] = tok_s["ours_compiled"] / tok_s["reference_compiled"]
-    out["ratio_run_with_cache_vs_ours"] = tok_s["ours_run_with_cache"] / tok_s["ours"]
-    out["spread"] = {k: round((max(v) - min(v)) / statistics.median(v), 4) for k, v in times.items()}
+        for v in live:
+            times[v.name].append(time_steps(v, tokens, targets, device, dtype, args.steps))
+    tok_s = {k: B * T * args.steps / statistics.median(t) for k, t in times.items()}
+    out["tokens_per_s"] = {k: round(v) for k, v in tok_s.items()}
+    n_params = sum(p.numel() for p in presets.make("vanilla", size, d_vocab=args.vocab, n_ctx=args.seq).parameters())
+    n_params -= c.n_ctx * c.d_model  # without the position table (tied unembedding counted once)
+    flops_per_token = 6 * n_params + 12 * c.n_layers * c.d_model * T
+    out["flops_per_token"] = flops_per_token
+    peak = peak_flops(device, args.peak_tflops)
+    if peak:
+        out["peak_flops"] = peak
+        out["mfu"] = {k: round(v * flops_per_token / peak, 4) for k, v in tok_s.items()}
+
+    def ratio(a, b):
+        return tok_s[a] / tok_s[b] if a in tok_s and b in tok_s else None
+
+    out["ratios"] = {
+        k: r for k, r in {
+            "ours_vs_anchor_eager": ratio("ours", "anchor"),
+            "ours_vs_anchor_compiled": ratio("ours_compiled", "anchor_compiled"),
+            "ours_vs_reference_eager": ratio("ours", "reference"),
+            "ours_vs_reference_compiled": ratio("ours_compiled", "reference_compiled"),
+            "run_with_cache_vs_ours_eager": ratio("ours_run_with_cache", "ours"),
+            "ours_cudnn_vs_anchor_compiled": ratio("ours_cudnn_compiled", "anchor_compiled"),
+            "ours_cudnn_vs_anchor_cudnn_compiled": ratio("ours_cudnn_compiled", "anchor_cudnn_compiled"),
+            "ours_unpadded_vs_ours_compiled": ratio("ours_unpadded_compiled", "ours_compiled"),
+        }.items() if r is not None
+    }
+    out["spread"] = {k: round((max(t) - min(t)) / statistics.median(t), 4) for k, t in times.items()}
+    out["timing_s"] = round(time.perf_counter() - t_start, 1)
+    result["throughput"] = out
+    if args.profile and device.type == "cuda":
+        result["profile"] = {v.name: profile_variant(v, tokens, targets, device, dtype)
+                             for v in live if v.name in args.profile.split(",")}
+    if any("cudnn" in n for n in names) and device.type == "cuda":
+        result["cudnn_check"] = cudnn_check(device, dtype)
     return out
 
 
@@ -141,11 +349,18 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated contenders (see the docstring)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="drop the *_compiled variants")
+    p.add_argument("--profile", default="", help="comma-separated variants to profile per kernel (CUDA)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: by GPU name)")
+    p.add_argument("--deadline-s", type=float, default=None, help="skip variants not warmed up by then")
     p.add_argument("--long-seqs", type=int, nargs="*", default=[4096, 16384])
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    args.t0 = time.perf_counter()
+    if not args.compile:
+        args.variants = ",".join(v for v in args.variants.split(",") if not v.endswith("_compiled"))
     if args.small:
         args.batch, args.seq, args.vocab = min(args.batch, 4), min(args.seq, 64), min(args.vocab, 128)
         args.long_seqs = [min(s, 256) for s in args.long_seqs]
@@ -158,9 +373,13 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "dtype": str(dtype),
-        "shape": {"batch": args.batch, "seq": args.seq, "vocab": args.vocab, "preset": "vanilla-" + ("tiny" if args.small else "large")},
-        "throughput": throughput(args, device, dtype),
+        "command": "python benchmarks/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "shape": {"batch": args.batch, "seq": args.seq, "vocab": args.vocab,
+                  "preset": "vanilla-" + ("tiny" if args.small else "large")},
     }
+    throughput(args, device, dtype, result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
     if not args.skip_memory:
         result["memory"] = peak_memory(args, device, dtype)
     text = json.dumps(result, indent=2)

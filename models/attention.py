@@ -8,12 +8,18 @@ Two paths compute the same function:
 * the **explicit path** builds scores and pattern so `hook_attn_scores` / `hook_pattern`
   can observe or edit them. A layer takes it only when one of those two hooks is attached.
 
+A decode step against a preallocated `models.decoding.StaticKVCache` (`AttnContext.q_cols`
+set) attends over the whole fixed-length cache with the mask built from the cached validity
+and positions (ALiBi from the cached positions, GQA by grouping queries, no K/V copies), so
+its shapes never change from step to step and it can run as one CUDA graph.
+
 Hook shapes follow TransformerLens: `hook_q|k|v|z|rot_q|rot_k` are
 (batch, pos, head, d_head); `hook_attn_scores|pattern` are (batch, head, q_pos, k_pos).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,6 +64,13 @@ class AttnContext:
     key_mask: Optional[Bool[torch.Tensor, "batch k"]]  # True = real token; None = no padding
     past: int  # number of cached keys before this call
     rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # cos, sin for the queries
+    # Static-cache decoding: the key columns the queries occupy, as a device tensor (so the
+    # step number is data, not a constant the compiled graph would specialise on). None:
+    # the queries are the last q_len keys (columns past .. past + q_len - 1).
+    q_cols: Optional[Int[torch.Tensor, "q"]] = None
+    # An upper bound on the query positions known on the host (saves the learned-position
+    # range check a device sync); None when unknown.
+    max_position: Optional[int] = None
 
     @property
     def q_len(self) -> int:
@@ -67,10 +80,15 @@ class AttnContext:
     def k_len(self) -> int:
         return self.k_pos.shape[1]
 
+    def query_columns(self, device) -> Int[torch.Tensor, "q"]:
+        if self.q_cols is not None:
+            return self.q_cols
+        return torch.arange(self.q_len, device=device) + self.past
+
     def bool_mask(self, device) -> Bool[torch.Tensor, "batch 1 q k"]:
         """Causal & key-padding mask; every query may always see its own position, so
         rows of padding queries are never empty (no NaN)."""
-        q_idx = torch.arange(self.q_len, device=device)[:, None] + self.past
+        q_idx = self.query_columns(device)[:, None]
         k_idx = torch.arange(self.k_len, device=device)[None, :]
         causal = k_idx <= q_idx
         mask = causal[None, None]
@@ -78,6 +96,20 @@ class AttnContext:
             mask = mask & self.key_mask[:, None, None, :]
             mask = mask | (k_idx == q_idx)[None, None]
         return mask
+
+
+# Order in which CUDA SDPA kernels are tried for the causal training/prefill call, e.g.
+# [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION] (see `torch.nn.attention`);
+# None keeps torch's own order. Read at trace time, so a compiled model recompiles on change.
+SDPA_BACKENDS: Optional[list] = None
+
+
+def _sdpa_backends(q: torch.Tensor):
+    if SDPA_BACKENDS is None or not q.is_cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(SDPA_BACKENDS, set_priority=True)
 
 
 _flex = None
@@ -198,13 +230,16 @@ class Attention(nn.Module):
             q = self.hook_rot_q(self.rotary(q, cos, sin))
             k = self.hook_rot_k(self.rotary(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, h, p, d)
+        v_new = v  # the queries' own values (shaped attention's identity term)
         if kv is not None:
             k, v = kv.append(k, v)
 
         if observed(self.hook_attn_scores, self.hook_pattern):
             z = self._attend_explicit(q, k, v, ctx)
+        elif ctx.q_cols is not None:
+            z = self._attend_static(q, k, v, v_new, ctx)
         else:
-            z = self._attend_fast(q, k, v, ctx)
+            z = self._attend_fast(q, k, v, v_new, ctx)
         z = self.hook_z(z.transpose(1, 2))  # (b, p, h, d)
         z = z.reshape(B, T, self.n_heads * self.d_head)
         return self.out(z) if self.out is not None else z
@@ -229,7 +264,7 @@ class Attention(nn.Module):
         return pattern @ v
 
     def _shape_pattern(self, softmax, mask, ctx: AttnContext):
-        q_idx = torch.arange(ctx.q_len, device=mask.device)[:, None] + ctx.past
+        q_idx = ctx.query_columns(mask.device)[:, None]
         k_idx = torch.arange(ctx.k_len, device=mask.device)[None, :]
         eye = (k_idx == q_idx).to(softmax.dtype)[None, None]
         valid = mask.to(softmax.dtype)
@@ -237,7 +272,30 @@ class Attention(nn.Module):
         a, b, g = (p.view(1, -1, 1, 1).to(softmax.dtype) for p in (self.alpha, self.beta, self.gamma))
         return a * eye + b * softmax - g * uniform
 
-    def _attend_fast(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
+    def _attend_static(self, q, k, v, v_new, ctx: AttnContext) -> torch.Tensor:
+        """Queries against a whole preallocated cache (k, v: (b, h_kv, max_len, d)).
+
+        Scores for every column, masked by the cached validity and causality; ALiBi comes
+        from the cached positions here, inside the step's graph, so no bias tensor is built
+        outside it. GQA groups the query heads of one K/V head into one matmul instead of
+        repeating K/V. Meant for a handful of queries (decoding): the score matrix is
+        (b, h, q, max_len)."""
+        self.last_path = "static"
+        B, H, Q, D = q.shape
+        groups = k.shape[1]
+        scores = q.reshape(B, groups, (H // groups) * Q, D) @ k.transpose(-1, -2)
+        scores = scores.view(B, H, Q, -1) * self.scale
+        if self.cfg.positional == "alibi":
+            scores = scores + alibi_bias(self.alibi_slopes, ctx.q_pos, ctx.k_pos)
+        mask = ctx.bool_mask(q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        z = (pattern.view(B, groups, -1, pattern.shape[-1]) @ v).view(B, H, Q, v.shape[-1])
+        if self.kind == "shaped":
+            z = self._shape_output(z, v, v_new, ctx, mask)
+        return z
+
+    def _attend_fast(self, q, k, v, v_new, ctx: AttnContext) -> torch.Tensor:
         gqa = self.n_kv_heads != self.n_heads
         dropout = self.dropout if self.training else 0.0
         self.last_path = "sdpa"
@@ -255,7 +313,8 @@ class Attention(nn.Module):
                 bias = bias.masked_fill(~ctx.bool_mask(q.device), float("-inf"))
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, enable_gqa=gqa)
         elif ctx.key_mask is None and ctx.q_len == ctx.k_len:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
+            with _sdpa_backends(q):
+                z = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
         elif ctx.key_mask is None and ctx.q_len == 1:
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=gqa)
         else:
@@ -263,11 +322,17 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=ctx.bool_mask(q.device), dropout_p=dropout, enable_gqa=gqa
             )
         if self.kind == "shaped":
-            z = self._shape_output(z, v, ctx)
+            z = self._shape_output(z, v, v_new, ctx)
         return z
 
-    def _shape_output(self, softmax_v, v, ctx: AttnContext) -> torch.Tensor:
-        """alpha*v_i + beta*softmax(.)v - gamma*mean_{j<=i, valid} v_j, without a (q, k) matrix."""
+    def _shape_output(self, softmax_v, v, v_new, ctx: AttnContext, mask=None) -> torch.Tensor:
+        """alpha*v_i + beta*softmax(.)v - gamma*mean_{j<=i, valid} v_j, without a (q, k) matrix
+        (with `mask`, the static-cache step's (b, 1, q, k) mask, the mean is one matmul)."""
+        a, b, g = (p.view(1, -1, 1, 1).to(v.dtype) for p in (self.alpha, self.beta, self.gamma))
+        if mask is not None:
+            seen = mask.to(v.dtype)
+            mean = (seen @ v) / seen.sum(-1, keepdim=True)
+            return a * v_new + b * softmax_v - g * mean
         if ctx.key_mask is not None:
             valid = ctx.key_mask[:, None, :, None].to(v.dtype)
         else:
@@ -281,8 +346,7 @@ class Attention(nn.Module):
             running = torch.where(is_pad, own + running, running)
             count = torch.where(is_pad, count + 1, count)
         mean = running / count
-        a, b, g = (p.view(1, -1, 1, 1).to(v.dtype) for p in (self.alpha, self.beta, self.gamma))
-        return a * v[:, :, -ctx.q_len :] + b * softmax_v - g * mean
+        return a * v_new + b * softmax_v - g * mean
 
     # ------------------------------------------------------------------ TL weight views
     def _heads(self, w: torch.Tensor, n: int) -> torch.Tensor:

@@ -7,6 +7,11 @@
   for step-by-step analysis.
 
 Learned positions refuse to go past `n_ctx`; RoPE, ALiBi and no-position models keep going.
+
+On CUDA, `generate` decodes with a static KV cache and compiled prefill / decode graphs (the
+decode step as a CUDA graph; see `models.decoding`) unless something is hooked, in which case
+that call runs step by step eagerly so the hooks see every step. `fast=False` opts out;
+`fast=True` also takes the static cache on CPU (eager there unless `compile=True`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Optional, Sequence, Union
 import torch
 from jaxtyping import Float, Int
 
+from . import decoding
 from .transformer import HookedTransformer, KVCache
 
 
@@ -57,14 +63,14 @@ def left_pad(
     prompts: Sequence[Sequence[int]], pad_id: int, device=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty")
         tokens[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
         mask[i, width - len(p) :] = True
-    return tokens, mask
+    return tokens.to(device), mask.to(device)  # built on the host, copied once
 
 
 def _as_prompts(model: HookedTransformer, input) -> list[list[int]]:
@@ -106,12 +112,20 @@ def generate(
     use_kv_cache: bool = True,
     seed: Optional[int] = None,
     return_output: bool = False,
+    fast: Optional[bool] = None,
+    compile: Optional[bool] = None,
 ):
     """Generate continuations. Returns the (batch, pos) tokens (left-padded), or a
     `Generation` with masks and per-row new tokens when `return_output=True`.
 
     Rows stop independently at any of `stop_tokens` (the model's `eos_token_id` by default);
     the loop ends when every row has stopped or `max_new_tokens` were made.
+
+    `fast`: None (default) decodes with the static cache and compiled graphs on CUDA
+    (`models.decoding.fast_generate`), False always runs the step-by-step dynamic-cache loop,
+    True takes the static cache on any device. Either way a call with a hook attached anywhere
+    in the model runs step by step. `compile`: compile the static path's prefill and decode
+    step (decode as a CUDA graph on CUDA); None means on CUDA only. Outputs are the same.
     """
     was_training = model.training
     model.eval()
@@ -125,6 +139,20 @@ def generate(
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
     padded = not bool(mask.all())
+
+    use_fast = fast if fast is not None else tokens.is_cuda
+    if use_fast and use_kv_cache and decoding.applies(model, max_new_tokens, tokens.shape[1]):
+        compile = tokens.is_cuda if compile is None else compile
+        try:
+            tokens, mask, new_tokens = decoding.fast_generate(
+                getattr(model, "_orig_mod", model), tokens, mask, max_new_tokens, stop, pad, lambda logits: sample_logits(logits, **sampling),
+                compile=compile,
+            )
+        finally:
+            model.train(was_training)
+        if return_output:
+            return Generation(tokens, mask, [len(p) for p in prompts], new_tokens)
+        return tokens
 
     B = len(prompts)
     done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -30,6 +30,9 @@ from .positions import LearnedPositions, positions_from_mask
 
 TokensLike = Union[str, Sequence[str], torch.Tensor]
 
+# The loss path pads the unembedding's vocabulary rows to a multiple of this on CUDA (1: off).
+UNEMBED_ALIGN = 64
+
 
 class Output(NamedTuple):
     logits: torch.Tensor
@@ -135,7 +138,9 @@ class HookedTransformer(HookedRootModule):
             attention_mask: (batch, pos), True/1 = real token. Left and right padding both
                 work: positions count only real tokens, padded keys are never attended and
                 padded targets never scored.
-            past_kv_cache: a `KVCache`, extended in place (see `models.generation`).
+            past_kv_cache: a `KVCache`, extended in place (see `models.generation`), or a
+                preallocated `models.decoding.StaticKVCache` (written in place; it supplies
+                positions and masks itself, so no `position_ids`).
             loss_per_token: return the unreduced (batch, pos - 1) loss.
             last_position_only: unembed only the last position: logits (batch, 1, d_vocab).
                 For inference (with left padding the last position is every row's newest token).
@@ -173,13 +178,18 @@ class HookedTransformer(HookedRootModule):
             attention_mask = attention_mask.to(device).bool()
             if attention_mask.shape != shape:
                 raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input {tuple(shape)}")
-        ctx = self._context(shape, device, attention_mask, position_ids, past_kv_cache)
+        if past_kv_cache is None or isinstance(past_kv_cache, KVCache):
+            ctx = self._context(shape, device, attention_mask, position_ids, past_kv_cache)
+        else:  # a cache that keeps its own positions (models.decoding.StaticKVCache)
+            if position_ids is not None:
+                raise ValueError(f"{type(past_kv_cache).__name__} computes positions itself; pass no position_ids")
+            ctx = past_kv_cache.context(self, shape, device, attention_mask)
 
         x = self.hook_embed(embeds)
         if self.cfg.uses_learned_positions:
             # Unpadded positions are known on the host; padded ones are checked on the device.
-            bound = ctx.past + shape[1] - 1 if position_ids is None and ctx.key_mask is None else None
-            x = x + self.hook_pos_embed(self.pos_embed(ctx.q_pos, max_position=bound).expand(shape[0], -1, -1))
+            pos = self.pos_embed(ctx.q_pos, max_position=ctx.max_position)
+            x = x + self.hook_pos_embed(pos.expand(shape[0], -1, -1))
         x = self.drop(x)
         stream = (x, torch.zeros_like(x)) if self.cfg.stream == "factored" else (x, None)
         for i, block in enumerate(self.blocks):
@@ -191,7 +201,10 @@ class HookedTransformer(HookedRootModule):
         resid = stream[0] if stream[1] is None else stream[0] + stream[1]
         if last_position_only:
             resid = resid[:, -1:]
-        logits = self.unembed_resid(self.ln_final(resid))
+        if return_type == "loss":
+            logits = self._unembed_for_loss(self.ln_final(resid))
+        else:
+            logits = self.unembed_resid(self.ln_final(resid))
 
         if return_type == "logits":
             return logits
@@ -202,6 +215,19 @@ class HookedTransformer(HookedRootModule):
 
     def unembed_resid(self, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         logits = F.linear(x, self.embed.weight) if self.unembed is None else self.unembed(x)
+        return logits if self.b_U is None else logits + self.b_U
+
+    def _unembed_for_loss(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        """`unembed_resid` for a loss nobody sees the logits of: on CUDA the unembedding runs
+        with its vocabulary rows zero-padded to a multiple of `UNEMBED_ALIGN`, so the largest
+        matmul of a training step (and the reductions over its rows) has aligned shapes
+        (50,257 -> 50,304 for GPT-2) without changing the parameters; the padded columns are
+        sliced off before the loss, which is therefore exactly the unpadded one."""
+        W = self.embed.weight if self.unembed is None else self.unembed.weight
+        pad = -W.shape[0] % UNEMBED_ALIGN
+        if not x.is_cuda or pad == 0:
+            return self.unembed_resid(x)
+        logits = F.linear(x, F.pad(W, (0, 0, 0, pad)))[..., : W.shape[0]]
         return logits if self.b_U is None else logits + self.b_U
 
     @staticmethod
@@ -254,7 +280,9 @@ class HookedTransformer(HookedRootModule):
         rope = None
         if self.cfg.uses_rope:
             rope = self.blocks[0].attn.rotary.angles(q_pos)
-        return AttnContext(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, past=past, rope=rope)
+        # Unpadded, default positions are known on the host; otherwise they are checked on the device.
+        bound = past + T - 1 if position_ids is None and not padded else None
+        return AttnContext(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, past=past, rope=rope, max_position=bound)
 
     # ------------------------------------------------------------------ TransformerLens API
     def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
