@@ -21,13 +21,14 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import hf, presets  # noqa: E402
+from models import decoding, hf, presets  # noqa: E402
 from models.generation import generate  # noqa: E402
 
 SCHEMES = {  # positional -> (exported as, preset, overrides)
@@ -111,6 +112,7 @@ def run_config(model, hf_model, positional, batch, args, device) -> dict:
         "hf_tokens_per_s": round(tok["hf"], 1),
         "ratio_vs_hf": round(tok["ours"] / tok["hf"], 3),
         "ours_path": path[-1],
+        "ours_compiled": device.type == "cuda" and model not in decoding._COMPILE_FAILED,
         "ours_first_call_s": round(first_s, 2),
         "rows_equal_to_hf": float((ours_new == hf_new).all(-1).float().mean()),
         "spread": {k: round((max(t) - min(t)) / statistics.median(t), 4) for k, t in times.items() if len(t) > 1},
@@ -160,10 +162,18 @@ def main(argv=None) -> dict:
             if args.deadline_s and time.perf_counter() - t_start > args.deadline_s:
                 result["skipped"].append(f"{positional} batch {batch}")
                 continue
-            result["rows"].append(run_config(model, hf_model, positional, batch, args, device))
+            try:
+                result["rows"].append(run_config(model, hf_model, positional, batch, args, device))
+            except Exception as e:  # keep the other configurations' numbers
+                traceback.print_exc()
+                result["rows"].append({"positional": positional, "batch": batch, "error": f"{type(e).__name__}: {e}"[:500]})
             if args.out:
                 args.out.write_text(json.dumps(result, indent=2))
         del model, hf_model
+    from torch._dynamo.utils import counters
+
+    result["compile_counters"] = {f"{group}.{k}": v for group in ("inductor", "stats") for k, v in counters[group].items()
+                                  if "cudagraph" in k or "unique_graphs" in k or "calls_captured" in k}
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     text = json.dumps(result, indent=2)
     print(text)

@@ -308,8 +308,27 @@ def throughput(args, device, dtype, result) -> dict:
         result["profile"] = {v.name: profile_variant(v, tokens, targets, device, dtype)
                              for v in live if v.name in args.profile.split(",")}
     if any("cudnn" in n for n in names) and device.type == "cuda":
-        result["cudnn_check"] = cudnn_check(device, dtype)
+        try:
+            result["cudnn_check"] = cudnn_check(device, dtype)
+        except RuntimeError as e:  # no cuDNN attention for this GPU / build
+            result["cudnn_check"] = {"error": str(e)[:300]}
+    if "ours" in models:
+        result["padded_loss_check"] = padded_loss_check(models["ours"], tokens, device, dtype)
     return out
+
+
+def padded_loss_check(model, tokens, device, dtype) -> dict:
+    """The loss-path vocabulary padding changes nothing but speed: same loss and gradients."""
+    res = {}
+    for align in (1, 64):
+        model.zero_grad(set_to_none=True)
+        with settings(unembed_align=align), autocast(device, dtype):
+            loss = model(tokens[:2], return_type="loss")
+        loss.backward()
+        res[align] = (loss.detach().float(), model.embed.weight.grad.detach().float().clone())
+    model.zero_grad(set_to_none=True)
+    (l1, g1), (l64, g64) = res[1], res[64]
+    return {"loss_abs_diff": float((l1 - l64).abs()), "grad_rel_diff": float((g1 - g64).norm() / g1.norm())}
 
 
 def peak_memory(args, device, dtype) -> dict:

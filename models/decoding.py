@@ -23,6 +23,7 @@ Greedy output equals the dynamic-cache loop (`tests/test_decoding.py`, every pre
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from typing import Callable, Optional, Union
 
@@ -232,6 +233,24 @@ def fast_generate(
     at a token in `stop`, later tokens of a stopped row are `pad` and masked out, and the
     output ends at the step where the last row stopped.
     """
+    if compile is not False and model in _COMPILE_FAILED:
+        compile = False
+    if compile is not False:
+        try:
+            return _fast_generate(model, tokens, mask, max_new_tokens, stop, pad, sample, compile)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            # A model or torch build the compiler cannot handle must not cost the caller its
+            # run (e.g. a trainer's exact-match eval): decode eagerly from here on, loudly.
+            _COMPILE_FAILED.add(model)
+            warnings.warn(f"compiled decoding failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          "this model decodes eagerly with the static cache from now on")
+    return _fast_generate(model, tokens, mask, max_new_tokens, stop, pad, sample, False)
+
+
+_COMPILE_FAILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+
+
+def _fast_generate(model, tokens, mask, max_new_tokens, stop, pad, sample, compile):
     B, T = tokens.shape
     device = tokens.device
     length = cache_length(model.cfg, T, max_new_tokens)
