@@ -41,13 +41,25 @@ def pick_checkpoint(view: state.View, sb) -> tuple:
     found = data.discover()
     names = list(found)
     ckpt = view.get("ckpt") or data.default_name(names, data.cli_ckpt())
-    if not ckpt:
+    path, problem = None, None
+    if ckpt:
+        try:
+            path = found[ckpt] if ckpt in found else data.check_dir(ckpt)
+            r = data.run_of(path)
+            if r is not None and r[1] is not None:  # a step directory: show it as its run at that step
+                run_dir = r[0].dir.resolve()
+                ckpt = next((n for n, p in found.items() if p.resolve() == run_dir), str(r[0].dir))
+                path = r[0].dir
+                view.set("ckpt", ckpt)
+                view.set("step", r[1])
+        except data.AppError as e:
+            problem = e
+    else:
         roots = ", ".join(f"`{r}`" for r in data.checkpoint_roots())
         st.info(f"No checkpoints found under {roots}. Type a checkpoint directory in the sidebar, or set "
                 f"{data.ENV_ROOT}.")
     view.values["ckpt"] = ckpt
-    options = names + [OTHER]
-    view.widget("selectbox", "ckpt", "Checkpoint", value=ckpt if ckpt in found else OTHER, options=options,
+    view.widget("selectbox", "ckpt", "Checkpoint", value=ckpt if ckpt in found else OTHER, options=names + [OTHER],
                 container=sb, to_url=lambda v: v if v != OTHER else str(found.get(ckpt, ckpt) or "") or None,
                 after=_new_checkpoint,
                 help=f"Checkpoints and runs found under {', '.join(str(r) for r in data.checkpoint_roots())}")
@@ -57,14 +69,12 @@ def pick_checkpoint(view: state.View, sb) -> tuple:
     if not ckpt:
         return None
     try:
-        path = found[ckpt] if ckpt in found else data.check_dir(ckpt)
+        if problem is not None:
+            raise problem
         run, step = None, None
         r = data.run_of(path)
         if r is not None:
-            run, this = r
-            if this is not None:  # a step dir typed directly: show it as run + step
-                view.set("ckpt", str(run.dir))
-                view.set("step", this)
+            run = r[0]
             steps = list(run.steps)
             default = run.last if run.last in run.steps else steps[-1]
             step = view.choice("step", steps, default=default, what=f"run {run.dir.name}")

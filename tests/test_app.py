@@ -1,10 +1,12 @@
-"""The explorer app under Streamlit's AppTest: every page renders on tiny fixture checkpoints,
-figures change with the pickers and match an independent forward pass, and bad input is an
-`st.error`, never an exception."""
+"""The explorer under Streamlit's AppTest: every page and widget on tiny fixture checkpoints,
+figures checked against independent forward passes, the URL state round-trips, and bad
+input is an `st.error` / `st.warning`, never an exception. (The browser side, i.e. clicks,
+hovering and client-side head switching, is tests/test_browser.py.)"""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import sys
 from pathlib import Path
@@ -16,30 +18,37 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import interp
-from app_fixtures import make_checkpoints  # tests/ is on sys.path (rootdir conftest)
+from app_fixtures import make_checkpoints, make_run  # tests/ is on sys.path (rootdir conftest)
 
-APP = str(Path(__file__).resolve().parents[1] / "app" / "explorer.py")
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app" / "explorer.py")
 
 
 @pytest.fixture(scope="session")
 def ckpts(tmp_path_factory):
-    return make_checkpoints(tmp_path_factory.mktemp("ckpts"))
+    root = tmp_path_factory.mktemp("ckpts")
+    out = make_checkpoints(root)
+    out["add3_run"] = make_run(root, "add3_run")
+    return out
 
 
 @pytest.fixture
 def app(ckpts, monkeypatch):
     monkeypatch.setenv("INTERP_CHECKPOINT_ROOT", str(ckpts["add3_none"].parent))
-    monkeypatch.setattr(sys, "argv", ["explorer.py"])
 
-    def start(argv=()):
+    def start(argv=(), url: dict | None = None, check: bool = True):
         monkeypatch.setattr(sys, "argv", ["explorer.py", *argv])
-        at = AppTest.from_file(APP, default_timeout=60).run()
-        ok(at)
+        at = AppTest.from_file(APP, default_timeout=90)
+        at.query_params.update(url or {})
+        at.run()
+        if check:
+            ok(at)
         return at
 
     return start
 
 
+# ------------------------------------------------------------------ helpers
 def ok(at):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -59,182 +68,437 @@ def _arrays(x):
     return x
 
 
-def charts(at) -> list[dict]:
-    return [_arrays(json.loads(c.proto.spec)) for c in at.get("plotly_chart")]
+def charts(at) -> dict[str, dict]:
+    """key -> plotly figure dict, for every chart on the page."""
+    out = {}
+    for c in at.get("plotly_chart"):
+        key = c.proto.id.rsplit("-", 1)[-1] if "-" in c.proto.id else c.proto.id
+        out[key] = _arrays(json.loads(c.proto.spec))
+    return out
 
 
-def widget(at, kind: str, label: str):
-    found = [w for w in getattr(at, kind) if w.label == label]
-    assert found, f"no {kind} labelled {label!r}: {[w.label for w in getattr(at, kind)]}"
+def components(at, name: str) -> list[dict]:
+    """The data passed to each mounted instance of our component `name`."""
+    return [json.loads(c.proto.json) for c in at.get("bidi_component")
+            if c.proto.component_name == f"interp_explorer.{name}"]
+
+
+def attention_data(at) -> dict:
+    found = components(at, "attention")
+    assert len(found) == 1, found
     return found[0]
 
 
+def layer_patterns(d: dict) -> np.ndarray:
+    """The (head, T, T) float16 patterns the attention component got."""
+    raw = np.frombuffer(base64.b64decode(d["pat"]), dtype=np.float16).astype(np.float32)
+    return raw.reshape(d["H"], d["T"], d["T"])
+
+
 def goto(at, page: str):
-    at.sidebar.radio(key="page").set_value(page).run()
+    at.radio(key="w.page").set_value(page).run()
     ok(at)
     return at
 
 
 def pick(at, name: str):
-    at.sidebar.selectbox(key="ckpt_choice").set_value(name).run()
+    at.selectbox(key="w.ckpt").set_value(name).run()
     return at
+
+
+def exports(at) -> dict:
+    """Call every export builder of the last run; returns key -> (csv bytes, npz arrays)."""
+    from app.views.common import csv_bytes, npz_bytes
+
+    out = {}
+    for key, e in at.session_state["_exports"].items():
+        csv = csv_bytes(e["csv"]()) if e["csv"] else None
+        npz = dict(np.load(io.BytesIO(npz_bytes(e["npz"]())), allow_pickle=False)) if e["npz"] else None
+        out[key] = (csv, npz)
+    return out
 
 
 def prompt_ids(model, text: str) -> torch.Tensor:
     return model.to_tokens(text)  # <bos> + chars, as the app encodes
 
 
-def test_default_checkpoint_and_attention_page(app, ckpts):
-    at = app()
-    assert at.sidebar.selectbox(key="ckpt_choice").value == "shakespeare_factored_alibi"
-    figs = charts(at)
-    assert len(figs) == 3  # heatmap, score map, all-head grid
-    heat = figs[0]["data"][0]
-    # the heatmap is the real pattern: compare with an independent run_with_cache
-    model, _ = interp.load(ckpts["shakespeare_factored_alibi"])
-    text = at.text_area[0].value
+def patterns(path, text):
+    model, _ = interp.load(path)
     _, cache = model.run_with_cache(prompt_ids(model, text))
-    want = cache["blocks.0.attn.hook_pattern"][0, 0].numpy()
-    np.testing.assert_allclose(np.array(heat["z"], dtype=float), want, atol=1e-5)
-    assert len(heat["x"]) == want.shape[0] and heat["x"][1].startswith("1:")
-    grid = figs[2]["data"]
-    assert len(grid) == model.cfg.n_layers * model.cfg.n_heads
-    # head-score table: one row per head, the documented columns
-    tables = [d.value for d in at.dataframe if "prev_token" in d.value.columns]
+    return model, cache
+
+
+# ------------------------------------------------------------------ Attention + URL state
+def test_default_view_writes_the_url_and_draws_real_patterns(app, ckpts):
+    at = app()
+    assert at.selectbox(key="w.ckpt").value == "shakespeare_factored_alibi"
+    assert at.query_params["ckpt"] == "shakespeare_factored_alibi" and at.query_params["page"] == "attention"
+    d = attention_data(at)
+    text = at.text_area(key="w.prompt").value
+    model, cache = patterns(ckpts["shakespeare_factored_alibi"], text)
+    T = prompt_ids(model, text).shape[1]
+    assert (d["layer"], d["head"], d["mode"], d["dir"], d["scale"], d["pos"]) == (0, 0, "head", "from", "auto", -1)
+    assert d["T"] == T and len(d["labels"]) == T and d["labels"][0] == "<bos>" and "".join(d["pieces"][1:]) == text
+    np.testing.assert_allclose(layer_patterns(d), cache["blocks.0.attn.hook_pattern"][0].numpy(), atol=1e-3)
+    # thumbnails: every head, max-pooled; their maxima are the heads' own maxima
+    assert len(d["thumbs"]["max"]) == model.cfg.n_layers * model.cfg.n_heads
+    want_max = torch.stack([cache["pattern", l][0] for l in range(model.cfg.n_layers)]).amax((-1, -2)).flatten()
+    np.testing.assert_allclose(d["thumbs"]["max"], want_max.numpy(), atol=1e-3)
+    # head scores: a map with the selected head outlined, a full table
+    scoremap = charts(at)["attn_scoremap"]
+    assert scoremap["layout"]["shapes"][0]["x0"] == -0.5 and scoremap["layout"]["shapes"][0]["y0"] == -0.5
+    tables = [t.value for t in at.dataframe if "prev_token" in t.value.columns]
     assert tables and len(tables[0]) == model.cfg.n_layers * model.cfg.n_heads
     assert {"induction", "duplicate_token", "entropy", "mean_distance", "alibi_slope"} <= set(tables[0].columns)
-    assert np.isfinite(tables[0]["alibi_slope"].to_numpy()).all()  # ALiBi model: real slopes
+    # exports: every head's patterns (.npz) and the selected head as CSV; head scores CSV
+    ex = exports(at)
+    assert ex["attn_patterns"][1]["patterns"].shape == (model.cfg.n_layers, model.cfg.n_heads, T, T)
+    assert ex["attn_patterns"][0].decode().count("\n") == T + 1 and b"0:<bos>" in ex["attn_patterns"][0]
+    assert b"prev_token" in ex["head_scores"][0]
 
 
-def test_attention_pickers_change_figure(app, ckpts):
+def test_url_round_trip(app, ckpts):
+    url = dict(ckpt="shakespeare_factored_alibi", page="attention", layer="1", head="2", mode="mean", dir="to",
+               scale="shared", pos="3", prompt="To be, or not to be", score="entropy")
+    at = app(url=url)
+    d = attention_data(at)
+    assert (d["layer"], d["head"], d["mode"], d["dir"], d["scale"], d["pos"]) == (1, 2, "mean", "to", "shared", 3)
+    assert d["T"] == 20 and d["labels"][1] == "T" and d["labels"][3] == "␣"
+    assert at.text_area(key="w.prompt").value == "To be, or not to be"
+    assert at.selectbox(key="w.score").value == "entropy"
+    assert at.button_group(key="w.layer").value == 1
+    model, cache = patterns(ckpts["shakespeare_factored_alibi"], "To be, or not to be")
+    np.testing.assert_allclose(layer_patterns(d), cache["blocks.1.attn.hook_pattern"][0].numpy(), atol=1e-3)
+    # the URL kept every value; loading it again shows the same view
+    assert all(at.query_params[k] == v for k, v in url.items()), at.query_params
+    again = app(url=dict(at.query_params))
+    assert attention_data(again) == d
+    # a widget change rewrites the URL
+    at.button_group(key="w.layer").set_value(0).run()
+    ok(at)
+    assert "layer" not in at.query_params and attention_data(at)["layer"] == 0  # the default is left out
+    np.testing.assert_allclose(layer_patterns(attention_data(at)), cache["blocks.0.attn.hook_pattern"][0].numpy(),
+                               atol=1e-3)
+    at.selectbox(key="w.score").set_value("first_token").run()
+    ok(at)
+    assert at.query_params["score"] == "first_token" and "first_token" in charts(at)["attn_scoremap"]["layout"]["title"]["text"]
+    # defaults leave the URL
+    at.selectbox(key="w.score").set_value("prev_token").run()
+    assert "score" not in at.query_params
+
+
+def test_the_prompt_is_shared_by_every_page(app):
     at = app()
-    before = charts(at)[0]
-    widget(at, "selectbox", "Head").set_value(2).run()
+    at.text_area(key="w.prompt").set_value("To be, or not to be").run()
     ok(at)
-    after_head = charts(at)[0]
-    assert after_head["data"][0]["z"] != before["data"][0]["z"]
-    assert "L0H2" in after_head["layout"]["title"]["text"]
-    widget(at, "selectbox", "Layer").set_value(1).run()
-    ok(at)
-    after_layer = charts(at)[0]
-    assert after_layer["data"][0]["z"] != after_head["data"][0]["z"]
-    model, _ = interp.load(ckpts["shakespeare_factored_alibi"])
-    _, cache = model.run_with_cache(prompt_ids(model, at.text_area[0].value))
-    np.testing.assert_allclose(np.array(after_layer["data"][0]["z"], dtype=float),
-                               cache["blocks.1.attn.hook_pattern"][0, 2].numpy(), atol=1e-5)
-    score_before = charts(at)[1]["data"][0]["z"]
-    widget(at, "selectbox", "Score map").set_value("entropy").run()
-    ok(at)
-    assert charts(at)[1]["data"][0]["z"] != score_before
-    # a new prompt changes everything, and the token labels follow it
-    at.text_area[0].set_value("To be, or not to be").run()
-    ok(at)
-    x = charts(at)[0]["data"][0]["x"]
-    assert len(x) == 20 and x[1] == "1:T" and x[3] == "3:␣"
+    assert at.query_params["prompt"] == "To be, or not to be"
+    for page in ("streams", "lens", "steps"):
+        goto(at, page)
+        assert at.text_area(key="w.prompt").value == "To be, or not to be", page
+    at.text_area(key="w.prompt").set_value(at.text_area(key="w.prompt").value + "!").run()
+    goto(at, "attention")
+    assert attention_data(at)["T"] == 21
 
 
+def test_bad_url_values_are_warnings_and_leave_the_url(app):
+    at = app(url=dict(layer="9", head="x", page="nope", bogus="1", scale="tiny"), check=False)
+    assert not at.exception and not at.error
+    text = " ".join(w.value for w in at.warning)
+    assert "`layer=9` is not available" in text and "`head=x` is not a valid int" in text
+    assert "no page `nope`" in text and "unknown URL parameter `bogus`" in text and "`scale=tiny`" in text
+    d = attention_data(at)
+    assert (d["layer"], d["head"], d["scale"]) == (0, 0, "auto")
+    assert not {"layer", "head", "bogus", "scale"} & set(at.query_params) and at.query_params["page"] == "attention"
+
+
+def test_selection_callbacks_write_the_url():
+    """What a click in the attention component, a score-map cell or a token strip does."""
+    def script():
+        import streamlit as st
+
+        from app import components
+        from app.views import attention, common
+
+        attention.apply_selection({"layer": 2, "head": 1, "mode": "all", "dir": "to", "scale": "shared", "pos": 7,
+                                   "seq": 3})
+        rc = common.grid_point(6)({"point_index": 15, "x": "H3", "y": "L2"})
+        st.session_state["rc"] = rc
+        attention.apply_selection({"pos": -1})
+        st.session_state["ack"] = components.ack("attn")
+
+    at = AppTest.from_function(script).run()
+    assert not at.exception, at.exception
+    assert at.query_params == {"layer": "2", "head": "1", "mode": "all", "dir": "to", "scale": "shared"}
+    assert at.session_state["rc"] == (2, 3) and at.session_state["ack"] == 0
+
+
+# ------------------------------------------------------------------ Streams
 def test_streams_page(app, ckpts):
-    at = goto(app(), "Streams")
+    at = goto(app(), "streams")
     figs = charts(at)
-    assert len(figs) == 4  # resid norms, xt-vs-xe lines, xt map, top neurons
-    assert [t["name"] for t in figs[1]["data"]] == ["xt (attention)", "xe (MLP)"]
-    model, _ = interp.load(ckpts["shakespeare_factored_alibi"])
-    tokens = prompt_ids(model, at.text_area[0].value)
-    _, cache = model.run_with_cache(tokens)
-    np.testing.assert_allclose(np.array(figs[0]["data"][0]["z"])[-1],
-                               cache["blocks.1.hook_resid_post"][0].norm(dim=-1).numpy(), rtol=1e-4)
-    xt_map = figs[2]["data"][0]["z"]
-    at.radio(key="streams_which").set_value("xe").run()
+    assert set(figs) >= {"streams_resid", "streams_factored", "streams_xtxe", "streams_neurons"}
+    model, cache = patterns(ckpts["shakespeare_factored_alibi"], at.text_area(key="w.prompt").value)
+    want = cache["blocks.1.hook_resid_post"][0].norm(dim=-1).numpy()
+    resid = figs["streams_resid"]["data"][0]
+    np.testing.assert_allclose(np.array(resid["customdata"])[-1], want, rtol=1e-4)  # hover: the norm itself
+    np.testing.assert_allclose(np.array(resid["z"])[-1], want / want.max(), rtol=1e-4)  # per-layer colours
+    at.radio(key="w.norm").set_value("log").run()
     ok(at)
-    assert charts(at)[2]["data"][0]["z"] != xt_map
-    # top neurons: the bars are the largest |mlp.hook_post| at the last position
-    bars = charts(at)[3]["data"][0]
-    act = cache["blocks.0.mlp.hook_post"][0, -1]
+    np.testing.assert_allclose(np.array(charts(at)["streams_resid"]["data"][0]["z"])[-1], np.log10(want), rtol=1e-4)
+    assert at.query_params["norm"] == "log"
+    xt_map = charts(at)["streams_xtxe"]["data"][0]["z"]
+    at.radio(key="w.stream").set_value("xe").run()
+    ok(at)
+    assert charts(at)["streams_xtxe"]["data"][0]["z"] != xt_map
+    # top neurons: the largest |mlp.hook_post| at the selected position
+    bars = charts(at)["streams_neurons"]["data"][0]
+    T = len(at.selectbox(key="w.pos").options)
+    act = cache["blocks.0.mlp.hook_post"][0, T - 1]
     top = act.abs().argsort(descending=True)[:20]
     assert bars["y"] == [f"n{i}" for i in top.tolist()]
     np.testing.assert_allclose(bars["x"], act[top].numpy(), rtol=1e-4)
-    widget(at, "selectbox", "Layer").set_value(1).run()
+    at.button_group(key="w.layer").set_value(1).run()
+    at.selectbox(key="w.pos").set_value(3).run()
+    at.slider(key="w.k").set_value(5).run()
     ok(at)
-    assert charts(at)[3]["data"][0]["y"] != bars["y"]
+    bars = charts(at)["streams_neurons"]["data"][0]
+    act = cache["blocks.1.mlp.hook_post"][0, 3]
+    assert bars["y"] == [f"n{i}" for i in act.abs().argsort(descending=True)[:5].tolist()]
+    assert (at.query_params["layer"], at.query_params["pos"], at.query_params["k"]) == ("1", "3", "5")
+    ex = exports(at)
+    assert set(ex["streams_norms"][1]) == {"resid", "xt", "xe", "tokens"}
+    assert b"activation" in ex["streams_neurons_export"][0]
 
 
+# ------------------------------------------------------------------ Logit lens
 def test_logit_lens_page(app, ckpts):
-    at = goto(app(), "Logit lens")
-    radio = at.radio(key="lens_stream")
-    assert list(radio.options) == ["resid", "xt", "xe"]
-    resid = charts(at)[0]["data"][0]["z"]
+    at = goto(app(), "lens")
+    assert list(at.radio(key="w.lens").options) == ["resid", "xt", "xe"]
+    fig = charts(at)["lens_heatmap"]
     model, _ = interp.load(ckpts["shakespeare_factored_alibi"])
-    tokens = prompt_ids(model, at.text_area[0].value)
+    text = at.text_area(key="w.prompt").value
+    tokens = prompt_ids(model, text)
+    T = tokens.shape[1]
     probs = model(tokens)[0].softmax(-1)
-    # last lens layer == the model's own p(next token)
-    want = probs[torch.arange(tokens.shape[1] - 1), tokens[0, 1:]].detach().numpy()
-    np.testing.assert_allclose(np.array(resid[-1][:-1], dtype=float), want, rtol=1e-4, atol=1e-6)
-    radio.set_value("xt").run()
+    # last lens layer == the model's own p(next token); the last position has no target
+    want = probs[torch.arange(T - 1), tokens[0, 1:]].detach().numpy()
+    z = np.array(fig["data"][0]["z"], dtype=float)
+    np.testing.assert_allclose(z[-1][:-1], want, rtol=1e-4, atol=1e-6)
+    assert np.isnan(z[-1][-1])
+    # each cell shows its top-1 token; the default position is the last one with a target
+    texts = [t for tr in fig["data"][1:] if tr.get("mode") == "text" for t in tr["text"]]
+    assert len(texts) == len(z) * T
+    assert at.selectbox(key="w.pos").value == T - 2
+    assert fig["layout"]["shapes"][0]["x0"] == T - 2 - 0.5
+    top1 = model.tokenizer.decode([int(probs[T - 2].argmax())])
+    table = [d.value for d in at.dataframe if "p(target)" in d.value.columns][0]
+    assert table["#1"].iloc[-1].startswith(top1.replace(" ", "␣").replace("\n", "⏎"))
+    # track one token everywhere
+    at.text_input(key="w.target").set_value("e").run()
     ok(at)
-    assert charts(at)[0]["data"][0]["z"] != resid
-    assert [d.value for d in at.dataframe if "p(next)" in d.value.columns]
-    # a standard-stream model offers resid only
+    e_id = model.tokenizer.encode("e")[0]
+    z = np.array(charts(at)["lens_heatmap"]["data"][0]["z"], dtype=float)
+    np.testing.assert_allclose(z[-1], probs[:, e_id].detach().numpy(), rtol=1e-4, atol=1e-6)
+    assert at.selectbox(key="w.pos").value == T - 1  # every position has a target now
+    at.text_input(key="w.target").set_value("ee").run()
+    assert not at.exception and "is 2 tokens" in at.error[0].value
+    at.text_input(key="w.target").set_value("").run()
+    at.radio(key="w.lens").set_value("xt").run()
+    at.slider(key="w.topk").set_value(3).run()
+    at.selectbox(key="w.pos").set_value(2).run()
+    ok(at)
+    assert charts(at)["lens_heatmap"]["data"][0]["z"] != z.tolist()
+    assert [c for c in [d.value for d in at.dataframe if "p(target)" in d.value.columns][0].columns] == \
+        ["#1", "#2", "#3", "p(target)"]
+    assert exports(at)["lens_export"][1]["top_tokens"].shape == (model.cfg.n_layers + 1, T, 3)
+    # a standard-stream model offers resid only; an xt URL value falls back with a note
     pick(at, "add3_none")
-    ok(at)
-    assert list(at.radio(key="lens_stream").options) == ["resid"]
+    assert list(at.radio(key="w.lens").options) == ["resid"] and "`lens=xt` is not available" in at.warning[0].value
 
 
+# ------------------------------------------------------------------ Step-by-step
 def test_step_by_step_page(app, ckpts):
-    at = goto(app(), "Step-by-step")
-    figs = charts(at)
-    assert len(figs) == 2
-    model, tok = interp.load(ckpts["shakespeare_factored_alibi"])
-    tokens = prompt_ids(model, at.text_area[0].value)
-    first = int(model(tokens)[0, -1].argmax())  # greedy: the first new token is the argmax
-    table = [d.value for d in at.dataframe if "token" in d.value.columns][0]
-    assert len(table) == 16
-    assert table["token"].iloc[0] == tok.decode([first]).replace(" ", "␣").replace("\n", "⏎")
-    attn0 = figs[1]["data"][0]
-    assert len(attn0["y"]) == model.cfg.n_layers * model.cfg.n_heads and len(attn0["x"]) == tokens.shape[1]
-    at.select_slider(key="steps_pick").set_value(3).run()
+    from models.generation import generate
+
+    at = goto(pick(app(), "add3_none"), "steps")
     ok(at)
-    attn3 = charts(at)[1]["data"][0]
-    assert len(attn3["x"]) == tokens.shape[1] + 3  # the query at step 3 sees 3 generated tokens
-    assert np.allclose(np.array(attn3["z"]).sum(-1), 1.0, atol=1e-4)
-
-
-def test_compare_page(app):
-    at = goto(app(), "Compare")
+    model, tok = interp.load(ckpts["add3_none"])
+    text = at.text_area(key="w.prompt").value
+    ids = prompt_ids(model, text)[0].tolist()
+    cut = ids.index(tok.token_to_id("=")) + 1  # generation starts after the task's prompt
+    assert at.select_slider(key="w.cut").value == cut
+    assert at.toggle(key="w.eos").value is True and at.toggle(key="w.greedy").value is True
+    want = generate(model, [ids[:cut]], max_new_tokens=128, greedy=True, return_output=True).new_tokens[0]
+    out, target = components(at, "strip")
+    vocab = [tok.decode([i]) for i in want]
+    assert out["tokens"] == [v.replace(" ", "␣") for v in vocab]
+    assert target["tokens"][0] == "<bot>" and len(target["tokens"]) == len(ids) - cut
+    probs = model(torch.tensor([ids[:cut]]))[0, -1].softmax(-1).detach()
+    assert out["values"][0] == pytest.approx(float(probs[want[0]]), abs=1e-4)
     figs = charts(at)
-    assert len(figs) == 2 + 3 * 2  # loss + accuracy bars, per checkpoint: heatmap + answer->step map
-    assert [t["name"] for t in figs[0]["data"]] == ["add3_none", "add3_mask_steps", "add3_mask_answer"]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert len(figs["steps_attn"]["data"][0]["y"]) == L * H and len(figs["steps_attn"]["data"][0]["x"]) == cut
+    # another step: its query saw the generated tokens before it
+    at.session_state  # noqa: B018 (keeps the run's state)
+    at2 = app(url=dict(at.query_params, gstep="3"))
+    assert len(charts(at2)["steps_attn"]["data"][0]["x"]) == cut + 3
+    # every control
+    at.number_input(key="w.n").set_value(5).run()
+    ok(at)
+    assert len(components(at, "strip")[0]["tokens"]) <= 5 and at.query_params["n"] == "5"
+    at.toggle(key="w.eos").set_value(False).run()
+    at.select_slider(key="w.cut").set_value(4).run()
+    at.toggle(key="w.greedy").set_value(False).run()
+    at.slider(key="w.temp").set_value(1.5).run()
+    at.number_input(key="w.seed").set_value(7).run()
+    ok(at)
+    assert len(components(at, "strip")[0]["tokens"]) == 5
+    assert {k: at.query_params[k] for k in ("eos", "cut", "greedy", "temp", "seed")} == \
+        {"eos": "0", "cut": "4", "greedy": "0", "temp": "1.5", "seed": "7"}
+    ex = exports(at)["steps_export"]
+    assert ex[1]["generated"].shape == (5,) and ex[1]["attention"].shape[:3] == (5, L, H)
+
+
+def test_text_checkpoints_generate_after_the_whole_prompt(app):
+    at = goto(app(), "steps")
+    T = len(at.select_slider(key="w.cut").options)
+    assert at.select_slider(key="w.cut").value == T and at.toggle(key="w.eos").value is False
+    assert len(components(at, "strip")) == 1  # no target: the prompt ends where generation starts
+    assert len(components(at, "strip")[0]["tokens"]) == 32
+
+
+# ------------------------------------------------------------------ Compare
+def test_compare_page(app, ckpts):
+    at = goto(pick(app(), "add3_none"), "compare")
+    assert at.multiselect(key="w.cmp").value == ["add3_none", "add3_mask_steps", "add3_mask_answer"]
     assert len(at.metric) == 3
     rows = [d.value for d in at.dataframe if "loss/step" in d.value.columns][0]
     assert list(rows.index) == ["add3_none", "add3_mask_steps", "add3_mask_answer"]
     assert (rows["loss/answer"] > 0).all()
-    before = charts(at)[2]["data"][0]["z"]
-    widget(at, "selectbox", "Head").set_value(1).run()
+    from interp import steps
+
+    models = {n: interp.load(ckpts[n])[0] for n in ("add3_none", "add3_mask_steps")}
+    from interp.tasks import make_task
+
+    examples = make_task(**dict(json.loads((ckpts["add3_none"] / "config.json").read_text())["task"],
+                                step_masking_mode="none", n_train=0)).split("test")[:32]
+    want = steps.compare_checkpoints(models, examples, generate=True)
+    assert rows.loc["add3_mask_steps", "loss/step"] == pytest.approx(want[1]["loss/step"], rel=1e-4)
+    assert rows.loc["add3_none", "answer_match"] == pytest.approx(want[0]["answer_match"])
+    figs = charts(at)
+    # one colour scale for the three attention panels, one for the answer->step maps
+    tops = {figs[f"compare_attn_{i}"]["data"][0]["zmax"] for i in range(3)}
+    assert len(tops) == 1
+    assert len({(figs[f"compare_a2s_{i}"]["data"][0]["zmin"], figs[f"compare_a2s_{i}"]["data"][0]["zmax"])
+                for i in range(3)}) == 1
+    # full completions, checked against the target
+    strips = components(at, "strip")
+    assert len(strips) == 3 and all(s["colors"] for s in strips)
+    before = figs["compare_attn_0"]["data"][0]["z"]
+    at.button_group(key="w.head").set_value(1).run()
+    at.button_group(key="w.layer").set_value(1).run()
     ok(at)
-    assert charts(at)[2]["data"][0]["z"] != before
+    assert charts(at)["compare_attn_0"]["data"][0]["z"] != before
+    at.slider(key="w.nex").set_value(8).run()
+    at.toggle(key="w.acc").set_value(False).run()
+    ok(at)
+    assert len(at.metric) == 0 and "exact_match" not in [d.value for d in at.dataframe if "loss/step" in d.value.columns][0]
+    at.multiselect(key="w.cmp").set_value(["add3_none", "add3_mask_answer"]).run()
+    ok(at)
+    assert at.query_params.get_all("cmp") if hasattr(at.query_params, "get_all") else at.query_params["cmp"] == \
+        ["add3_none", "add3_mask_answer"]
+    assert len(components(at, "strip")) == 2
+    assert set(exports(at)["compare_attn_export"][1]) == {"attention_add3_none", "attention_add3_mask_answer", "tokens"}
 
 
-def test_compare_missing_checkpoints(ckpts, tmp_path, monkeypatch):
+def test_compare_refuses_a_different_tokenizer_and_compares_text_models(app):
+    at = app(url=dict(page="compare", cmp=["shakespeare_factored_alibi", "add3_none"]), check=False)
+    assert not at.exception and "share a tokenizer" in at.error[0].value and "add3_none" in at.error[0].value
+    at = app(url=dict(page="compare"), check=False)
+    assert at.multiselect(key="w.cmp").value == ["shakespeare_factored_alibi", "shakespeare_vanilla"]
+    assert "does not suit shakespeare_vanilla" in at.error[0].value and "n_ctx=48" in at.error[0].value
+    at.text_area(key="w.prompt").set_value("To be, or not to be").run()
+    ok(at)
+    assert "compare_token_loss" in charts(at) and len(at.metric) == 2
+    at.multiselect(key="w.cmp").set_value(["shakespeare_factored_alibi"]).run()
+    assert not at.exception and any("two or three" in i.value for i in at.info)
+
+
+def test_compare_needs_a_second_checkpoint(ckpts, tmp_path, monkeypatch):
     root = tmp_path / "only_one"
     root.mkdir()
     (root / "shakespeare_vanilla").symlink_to(ckpts["shakespeare_vanilla"])
     monkeypatch.setenv("INTERP_CHECKPOINT_ROOT", str(root))
     monkeypatch.setattr(sys, "argv", ["explorer.py"])
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["page"] = "compare"
+    at.run()
     ok(at)
-    assert at.sidebar.selectbox(key="ckpt_choice").value == "shakespeare_vanilla"  # first when no preferred
-    goto(at, "Compare")
-    assert at.warning and "add3_mask_steps" in at.warning[0].value and "missing" in at.warning[0].value
+    assert at.selectbox(key="w.ckpt").value == "shakespeare_vanilla"  # first when no preferred
+    assert at.warning and "second checkpoint with the same tokenizer" in at.warning[0].value
 
 
+# ------------------------------------------------------------------ Training
+def test_training_page_and_step_slider(app, ckpts):
+    run = ckpts["add3_run"]
+    at = app(url=dict(ckpt="add3_run"))
+    assert "Training" in at.radio(key="w.page").options
+    assert at.select_slider(key="w.step").value == 300 and at.query_params["step"] == "300"
+    assert "step_000300" in at.caption[0].value
+    goto(at, "training")
+    figs = charts(at)
+    titles = {f["layout"]["title"]["text"]: f for f in figs.values()}
+    assert {"loss", "token_acc", "induction", "restricted_loss", "grad_norm"} <= set(titles)
+    loss = titles["loss"]
+    names = [t["name"] for t in loss["data"] if t.get("mode") == "lines"]
+    assert names == ["train/loss", "eval:val/loss"] and loss["layout"]["yaxis"]["type"] == "log"
+    assert loss["data"][0]["y"] == pytest.approx([3.0, 1.5, 1.0])
+    induction = [t["name"] for t in titles["induction"]["data"] if t.get("mode") == "lines"]
+    assert induction == ["progress/induction[0][0]", "progress/induction[0][1]", "progress/induction[1][0]",
+                         "progress/induction[1][1]"]
+    assert loss["layout"]["shapes"][0]["x0"] == 300  # the step on show
+    at.toggle(key="w.logy").set_value(False).run()
+    ok(at)
+    assert "type" not in {f["layout"]["title"]["text"]: f for f in charts(at).values()}["loss"]["layout"].get("yaxis", {})
+    # the step slider loads that checkpoint for every page
+    at.select_slider(key="w.step").set_value(100).run()
+    ok(at)
+    assert at.query_params["step"] == "100" and "step_000100" in at.caption[0].value
+    goto(at, "attention")
+    model, _ = interp.load(run / "step_000100")
+    text = at.text_area(key="w.prompt").value
+    _, cache = model.run_with_cache(prompt_ids(model, text))
+    np.testing.assert_allclose(layer_patterns(attention_data(at)), cache["blocks.0.attn.hook_pattern"][0].numpy(),
+                               atol=1e-3)
+    csv = exports(goto(at, "training"))["training_export"][0].decode()
+    assert "progress/induction[1][1]" in csv and "eval:val/token_acc" in csv
+
+
+def test_a_step_directory_opens_as_run_plus_step(app, ckpts):
+    at = app(url=dict(ckpt=str(ckpts["add3_run"] / "step_000200")))
+    assert at.query_params["ckpt"] == "add3_run" and at.query_params["step"] == "200"  # the run is found by name
+    assert at.selectbox(key="w.ckpt").value == "add3_run" and at.text_input(key="w.ckpt_path").value == ""
+    assert "step_000200" in at.caption[0].value
+
+
+def test_training_page_is_only_for_runs(app):
+    at = app(url=dict(page="training"), check=False)
+    assert not at.exception and "Training page is not available" in at.warning[0].value
+    assert "Training" not in at.radio(key="w.page").options and at.query_params["page"] == "attention"
+
+
+# ------------------------------------------------------------------ every page, errors
 def test_every_page_on_every_checkpoint(app):
     at = app()
     for name in ("add3_mask_answer", "induction_attn_only", "shakespeare_vanilla"):
         pick(at, name)
-        for page in ("Attention", "Streams", "Logit lens", "Step-by-step"):
+        ok(at)
+        for page in ("attention", "streams", "lens", "steps", "compare"):
             goto(at, page)
-            assert at.get("plotly_chart"), (name, page)
-        goto(at, "Attention")
-    goto(pick(at, "induction_attn_only"), "Streams")
+            lonely = page == "compare" and any("second checkpoint" in w.value for w in at.warning)
+            assert at.get("plotly_chart") or components(at, "attention") or lonely, (name, page)
+        goto(at, "attention")
+    goto(pick(at, "induction_attn_only"), "streams")
     assert any("attention-only" in i.value for i in at.info)
 
 
@@ -250,38 +514,55 @@ def test_every_page_on_every_checkpoint(app):
 def test_bad_prompts_are_errors(app, ckpt, text, needle):
     at = pick(app(), ckpt)
     ok(at)
-    at.text_area[0].set_value(text).run()
+    at.text_area(key="w.prompt").set_value(text).run()
     assert not at.exception
     assert at.error and needle in at.error[0].value, [e.value for e in at.error]
-    goto_err = at.sidebar.radio(key="page").set_value("Step-by-step").run()
-    assert not goto_err.exception
+    for page in ("steps", "lens", "streams"):
+        assert not goto_err(at, page).exception
+    at.button(key="reset_prompt").click().run()
+    ok(at)
+    assert "prompt" not in at.query_params
+
+
+def goto_err(at, page):
+    return at.radio(key="w.page").set_value(page).run()
+
+
+def test_a_prompt_that_another_tokenizer_cannot_read_offers_a_reset(app):
+    at = app(url=dict(prompt="ROMEO: hello"))
+    pick(at, "add3_none")
+    assert not at.exception and "cannot read" in at.error[0].value
+    at.button(key="reset_prompt").click().run()
+    ok(at)
+    assert "<bot>" in at.text_area(key="w.prompt").value  # the add3 default: a scratchpad test example
 
 
 def test_broken_and_missing_checkpoints(app, ckpts):
     at = pick(app(), "broken")
     assert not at.exception
     assert any("malformed JSON" in e.value for e in at.error)
-    at.sidebar.selectbox(key="ckpt_choice").set_value("Other directory…").run()
-    at.sidebar.text_input(key="ckpt_path").set_value("/no/such/dir").run()
+    at.text_input(key="w.ckpt_path").set_value("/no/such/dir").run()
     assert not at.exception and any("No such checkpoint directory" in e.value for e in at.error)
-    at.sidebar.text_input(key="ckpt_path").set_value(str(ckpts["add3_none"] / "config.json")).run()
+    at.text_input(key="w.ckpt_path").set_value(str(ckpts["add3_none"] / "config.json")).run()
     assert not at.exception and any("is a file" in e.value for e in at.error)
-    at.sidebar.text_input(key="ckpt_path").set_value(str(ckpts["add3_mask_steps"])).run()
+    at.text_input(key="w.ckpt_path").set_value(str(ckpts["add3_mask_steps"])).run()
     ok(at)
-    assert "mask_steps" in at.caption[0].value and len(at.get("plotly_chart")) == 3
+    assert "mask_steps" in at.caption[0].value and at.query_params["ckpt"] == str(ckpts["add3_mask_steps"])
+    assert at.selectbox(key="w.ckpt").value == "(a directory: type it below)"
+    pick(at, "shakespeare_vanilla")
+    ok(at)
+    assert at.query_params["ckpt"] == "shakespeare_vanilla" and at.text_input(key="w.ckpt_path").value == ""
 
 
 def test_cli_ckpt_argument(app, ckpts):
     at = app(["--ckpt", str(ckpts["induction_attn_only"])])
-    assert at.sidebar.selectbox(key="ckpt_choice").value == "Other directory…"
     assert "induction_attn_only" in at.caption[0].value
     at = app(["--ckpt", "add3_none"])
-    assert at.sidebar.selectbox(key="ckpt_choice").value == "add3_none"
-    assert "<bot>" in at.text_area[0].value  # default prompt: a scratchpad test example
+    assert at.selectbox(key="w.ckpt").value == "add3_none"
+    assert "<bot>" in at.text_area(key="w.prompt").value  # default prompt: a scratchpad test example
 
 
-SHIPPED = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-PAGES = ("Attention", "Streams", "Logit lens", "Step-by-step", "Compare")
+SHIPPED = REPO / "data" / "checkpoints"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").exists()))
@@ -291,8 +572,7 @@ def test_every_page_on_every_shipped_checkpoint(name, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["explorer.py", "--ckpt", name])
     at = AppTest.from_file(APP, default_timeout=120).run()
     ok(at)
-    for page in PAGES:
-        if page == "Compare" and not name.startswith("add3"):
-            continue  # Compare is about the step-masking trio; checked once, from add3_*
+    for page in ("attention", "streams", "lens", "steps", "compare"):
         goto(at, page)
-        assert charts(at), f"{name}: page {page} drew no figure"
+        lonely = page == "compare" and any("second checkpoint" in w.value for w in at.warning)
+        assert charts(at) or components(at, "attention") or lonely, f"{name}: page {page} drew no figure"

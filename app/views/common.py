@@ -147,11 +147,11 @@ def grid_point(n_cols: int) -> Callable[[dict], tuple[int, int]]:
 
 
 # ------------------------------------------------------------------ export
-def _csv(frame: pd.DataFrame) -> bytes:
+def csv_bytes(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=True).encode()
 
 
-def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return buf.getvalue()
@@ -165,12 +165,14 @@ def export(name: str, *, table: Optional[Callable[[], pd.DataFrame]] = None,
     or the PNG / SVG buttons of the attention component."""
     c = container if container is not None else st
     key = key or name
+    # the deferred builders of this run, by key: what the buttons call (tests call them too)
+    st.session_state.setdefault("_exports", {})[key] = {"name": name, "csv": table, "npz": arrays}
     with c.popover("Export", help="Download the numbers behind this figure"):
         if table is not None:
-            st.download_button("CSV", data=lambda: _csv(table()), file_name=f"{name}.csv", mime="text/csv",
+            st.download_button("CSV", data=lambda: csv_bytes(table()), file_name=f"{name}.csv", mime="text/csv",
                                key=f"csv.{key}", on_click="ignore")
         if arrays is not None:
-            st.download_button("NumPy .npz", data=lambda: _npz(arrays()), file_name=f"{name}.npz",
+            st.download_button("NumPy .npz", data=lambda: npz_bytes(arrays()), file_name=f"{name}.npz",
                                mime="application/octet-stream", key=f"npz.{key}", on_click="ignore")
         st.caption("Figures: the camera icon in a chart's toolbar saves a PNG; "
                    "SVG: the Export row of the attention view, or open the CSV in your plotting tool.")

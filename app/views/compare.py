@@ -66,7 +66,8 @@ def render(ctx: Ctx) -> None:
     if not 2 <= len(chosen) <= 3:
         st.info("Pick two or three checkpoints to compare.")
         return
-    paths = [_resolve(c, found) for c in chosen]
+    everything = data.discover()
+    paths = [_resolve(c, everything) for c in chosen]
     digests = [data.tokenizer_digest(p) for p in paths]
     if len(set(digests)) != 1:
         odd = [c for c, d in zip(chosen, digests) if d != digests[0]]
@@ -125,8 +126,19 @@ def _task_metrics(ctx: Ctx, cks, names, progress) -> None:
     export("compare_metrics", key="compare_metrics_export", table=lambda: pd.DataFrame(rows).set_index("name"))
 
 
-def _text_metrics(ctx: Ctx, cks, names, progress) -> None:
+def _prompt_for_all(ctx: Ctx, cks, names):
+    """The shared prompt, checked against every compared checkpoint (context, tokenizer)."""
     p = ctx.prompt()
+    for c, name in zip(cks, names):
+        try:
+            data.encode(c, p.text)
+        except AppError as e:
+            raise AppError(f"The prompt does not suit {name}: {e}") from None
+    return p
+
+
+def _text_metrics(ctx: Ctx, cks, names, progress) -> None:
+    p = _prompt_for_all(ctx, cks, names)
     losses = {}
     for i, (c, name) in enumerate(zip(cks, names)):
         progress.progress(0.5 + i / (2 * len(cks)), text=f"Scoring {name} on the prompt ({i + 1}/{len(cks)})…")
@@ -154,7 +166,7 @@ def _segments(ck, ids, cut: int) -> tuple[int, ...]:
 
 def _side_by_side(ctx: Ctx, cks, names) -> None:
     st.markdown("#### One prompt, side by side")
-    p = ctx.prompt()
+    p = _prompt_for_all(ctx, cks, names)
     ids = p.ids
     cut = data.prompt_end(cks[0], ids)
     target = list(ids[cut:])
