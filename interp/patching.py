@@ -460,15 +460,16 @@ def _bytes_per_row(model, T: int, explicit_layers: int) -> int:
 def rows_per_forward(model, T: int, memory_budget: Optional[int] = None, explicit: bool = False) -> int:
     """How many (site x prompt) rows one forward may stack within `memory_budget` bytes.
 
-    Default budget: half the free GPU memory on CUDA; 256 MiB on CPU, where rows beyond a few
-    hundred no longer speed up the matmuls but cost cache misses."""
+    Default budget: half the free GPU memory on CUDA; 24 MiB on CPU, where a CPU-cache-sized
+    forward is as fast per row as a large one, and small chunks start later in the sequence
+    (a chunk starts at its first patched position)."""
     device = model.cfg.device
     if memory_budget is None:
         if torch.device(device).type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             memory_budget = free // 2
         else:
-            memory_budget = 256 * 2**20
+            memory_budget = 24 * 2**20
     return max(1, int(memory_budget // _bytes_per_row(model, T, explicit)))
 
 
