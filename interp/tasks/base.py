@@ -386,6 +386,8 @@ TASKS: dict[str, str] = {
     "modular": "interp.tasks.modular:ModularTask",
     "induction": "interp.tasks.induction:InductionTask",
     "text": "interp.tasks.text:TextTask",
+    "graph": "interp.tasks.graph:GraphTask",
+    "rules": "interp.tasks.rules:RulesTask",
 }
 
 

@@ -30,6 +30,7 @@ PathLike = Union[str, os.PathLike]
 
 DEFAULT_TRAIN: dict[str, Any] = dict(
     steps=1000,  # total optimizer steps (also the cosine schedule's length)
+    epochs=None,  # instead of steps: passes over the train split (steps = ceil(epochs * n / global batch))
     stop_at=None,  # stop (and checkpoint) after this step, keeping the schedule of `steps`
     batch_size=32,  # examples per micro-batch, or "full": the whole train split every step
     grad_accum=1,  # micro-batches per optimizer step
@@ -57,7 +58,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     dtype="auto",  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (CPU autocast on CPU too) | fp32
     compile=None,  # None -> on CUDA only
     cuda_graphs="auto",  # auto | true | false: capture the whole train step (CUDA, static shapes)
-    gradient_checkpointing=False,
+    gradient_checkpointing=False,  # true: every block; N: every Nth block (layers N-1, 2N-1, ...)
     seq_len_curriculum=None,  # [[step, max_len], ...]: from `step` on, truncate to `max_len`
     out_dir=None,  # None -> runs/<name>
     overwrite=False,  # a fresh run into an out_dir holding checkpoints: delete them (else refuse)
