@@ -50,19 +50,32 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (configs/*.yaml)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override, e.g. train.lr=3e-4 or model.d_model=128 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Run dir or checkpoint to continue from."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine: relaunch through torchrun "
+                              "(train.parallel auto -> DDP; --set train.parallel=fsdp for FSDP)."),
 ) -> None:
     """Train a model; prints the final checkpoint directory."""
+    import os
+
     from interp.checkpoint import CheckpointError
     from interp.training import TrainConfigError, train as run_train
     from models.config import ConfigError
 
     if config is None and resume is None:
         _fail("give --config PATH (or --resume RUN_DIR)")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "interp.cli", "train"]
+        cmd += ["--config", str(config)] if config is not None else []
+        cmd += ["--resume", str(resume)] if resume is not None else []
+        for item in set_:
+            cmd += ["--set", item]
+        raise typer.Exit(subprocess.run(cmd).returncode)
     try:
         out = run_train(config, list(set_), resume=resume)
     except (TrainConfigError, CheckpointError, ConfigError) as e:
         _fail(str(e))
-    typer.echo(str(out))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
+        typer.echo(str(out))
 
 
 @app.command("eval")
@@ -86,11 +99,48 @@ def eval_(
     typer.echo(json.dumps(_json_safe(metrics), indent=2))
 
 
+def _config_summary(path: Path) -> dict:
+    """Parameter counts and shape of the model a run config (YAML: its task supplies the
+    vocabulary), a checkpoint or a ModelConfig JSON file describes."""
+    from interp.checkpoint import CheckpointError, load_config
+    from interp.training import TrainConfigError, build_model_config, build_task, load_run_config
+    from models import ModelConfig, presets as model_presets
+    from models.config import ConfigError
+
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            cfg = load_run_config(path)
+            task = build_task(cfg["task"])
+            model_cfg = build_model_config(cfg["model"], task.tokenizer, getattr(task, "max_len", None))
+        elif path.is_dir() or path.name == "config.json" and (path.parent / "model.safetensors").exists():
+            model_cfg, _ = load_config(path if path.is_dir() else path.parent)
+        elif path.suffix == ".json":
+            model_cfg = ModelConfig.from_json(path.read_text())
+        else:
+            _fail(f"{path}: expected a run config (.yaml), a checkpoint directory or a ModelConfig .json")
+    except (TrainConfigError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    return model_presets.summary(model_cfg)
+
+
 @app.command()
-def presets(as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table.")) -> None:
-    """Every preset x size with parameter counts."""
+def presets(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Summarise this run config (YAML), "
+                                          "checkpoint or ModelConfig JSON instead: parameter count and shape."),
+) -> None:
+    """Every preset x size with parameter counts (or one config's, with --config)."""
     from models import presets as model_presets
 
+    if config is not None:
+        row = _config_summary(config)
+        if as_json:
+            typer.echo(json.dumps(row, indent=2))
+            return
+        width = max(map(len, row))
+        for key, value in row.items():
+            typer.echo(f"{key.ljust(width)}  {value:,}" if key.endswith("params") else f"{key.ljust(width)}  {value}")
+        return
     rows = model_presets.table()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -158,6 +208,29 @@ def export(
     except (NotImplementedError, ValueError) as e:
         _fail(f"cannot export {model.cfg.name} to HF transformers: {e}")
     typer.echo(f"{out} ({type(hf_model).__name__})")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Prepare training data.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    config: Path = typer.Option(..., "--config", "-c", help="Run config whose task section is a text task."),
+    out: Path = typer.Option(..., "--out", help="Directory for the shards (created)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override, e.g. task.seq_len=512 (repeatable)."),
+    shard_tokens: int = typer.Option(100_000_000, "--shard-tokens", min=1, help="Tokens per shard file."),
+) -> None:
+    """Tokenize a text corpus once into memory-mapped uint16/uint32 token shards; train on them
+    with `--set task.shards=OUT`."""
+    from interp.training import TrainConfigError
+    from interp.training.data import prepare_shards
+
+    try:
+        path = prepare_shards(config, out, list(set_), shard_tokens)
+    except (TrainConfigError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(str(path))
 
 
 def main() -> None:  # pragma: no cover - `python -m interp.cli`

@@ -375,3 +375,21 @@ def read_shards(shard_dir: Union[str, Path]) -> dict:
             arrays.append(np.memmap(path, dtype=dtype, mode="r") if entry["n_tokens"] else np.zeros(0, dtype))
         info["arrays"] = arrays
     return meta
+
+
+def prepare_shards(config, out_dir: Union[str, Path], overrides: Sequence[str] = (),
+                   shard_tokens: int = 100_000_000) -> Path:
+    """`interp data prepare`: tokenize a text task's three splits (from a run config's `task`
+    section) once into memory-mapped token shards + its tokenizer. Train on them with
+    `task.shards: OUT_DIR` (same windows, same batches as the in-memory text task)."""
+    from .config import TrainConfigError, build_task, load_run_config
+
+    cfg = load_run_config(config, overrides)
+    task = build_task(cfg["task"])
+    if not hasattr(task, "token_windows") or not hasattr(task, "_split_ids"):
+        raise TrainConfigError(f"task {cfg['task']['name']!r} is not a text task; `data prepare` writes text shards")
+    if getattr(task, "_shards", None) is not None:
+        raise TrainConfigError("this task already reads shards (task.shards is set)")
+    splits = {s: [task._split_ids(s)] for s in ("train", "val", "test")}
+    task_cfg = {k: v for k, v in task.config().items() if k not in ("shards",)}
+    return write_shards(Path(out_dir), splits, task.tokenizer.vocab_size, task.tokenizer, task_cfg, shard_tokens)
