@@ -491,3 +491,123 @@ def logit_attribution_heatmap(dla, batch: Optional[int] = 0, labels: Optional[Se
     fig.update_layout(title=title or "direct logit attribution", xaxis_title="position", yaxis_title="component",
                       yaxis_autorange="reversed", height=max(350, 14 * len(dla.labels)))
     return fig
+
+
+def fourier_spectrum(shares, key_freqs: Sequence[int] = (), title: str = "") -> go.Figure:
+    """Share of the number embeddings' squared norm in each frequency k = 1 .. p // 2 (bars),
+    key frequencies highlighted (Nanda et al. 2023's sparse Fourier embedding)."""
+    shares = _np(shares)
+    ks = list(range(1, len(shares) + 1))
+    key = set(int(k) for k in key_freqs)
+    colors = ["#d62728" if k in key else "#9fb4c7" for k in ks]
+    fig = go.Figure(go.Bar(x=ks, y=shares, marker_color=colors,
+                           hovertemplate="frequency %{x}<br>share %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="frequency k (w = 2πk/p)", yaxis_title="share of ‖W_E‖²",
+                      bargap=0.1)
+    return fig
+
+
+# ---------------------------------------------------------------------- latent thoughts (interp.thoughts)
+def thought_lens_heatmap(lens, example: int = 0, decode: Decode = None, title: Optional[str] = None) -> go.Figure:
+    """Layers x thoughts for one example (`lens`: an `interp.thoughts.ThoughtLens`): colour =
+    probability of the top-1 token, written in the cell; hover = the top-k."""
+    dec = _decoder(decode)
+    ids, ps = lens.top_ids[example], lens.top_probs[example]  # (thought, layer, k)
+    S, L = ids.shape[0], ids.shape[1]
+    z = _np(ps[:, :, 0]).T  # (layer, thought)
+    text = [[dec(int(ids[s, l, 0])) for s in range(S)] for l in range(L)]
+    hover = [[f"thought {s}, {lens.layer_names[l]}<br>" + "<br>".join(
+        f"{dec(int(i))!r}: {float(p):.3f}" for i, p in zip(ids[s, l].tolist(), ps[s, l].tolist()))
+        for s in range(S)] for l in range(L)]
+    xs = [f"thought {s}" for s in range(S)]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=list(lens.layer_names), zmin=0, zmax=1, colorscale="Blues",
+                               text=text, texttemplate="%{text}", customdata=hover,
+                               hovertemplate="%{customdata}<extra></extra>", colorbar=dict(title="p(top-1)")))
+    fig.update_layout(title=title or "Logit lens of each continuous thought (top-1 token per layer)",
+                      xaxis_title="thought (j = 0 is read at <bot>; the last is the last slot's output)",
+                      yaxis_title="layer")
+    return fig
+
+
+FRONTIER_COLORS = {"frontier_path": "#1f77b4", "frontier_other": "#2ca02c", "reachable_other": "#9fb4c7",
+                   "unreachable": "#d62728", "not_a_node": "#c7c7c7"}
+
+
+def frontier_mass_bars(result: dict, title: Optional[str] = None) -> go.Figure:
+    """Stacked probability mass of each thought's decoding on search-frontier nodes vs the rest
+    (`result`: `interp.thoughts.frontier_mass`)."""
+    mass = _np(result["mass"])  # (thought, category)
+    xs = [f"thought {j}" for j in range(mass.shape[0])]
+    names = {"frontier_path": "frontier: path node", "frontier_other": "frontier: other nodes at depth j",
+             "reachable_other": "reachable, other depth", "unreachable": "unreachable nodes", "not_a_node": "not a node"}
+    fig = go.Figure([go.Bar(x=xs, y=mass[:, c], name=names[cat], marker_color=FRONTIER_COLORS[cat],
+                            hovertemplate=f"{names[cat]}: %{{y:.3f}}<extra></extra>")
+                     for c, cat in enumerate(result["categories"])])
+    fig.update_layout(barmode="stack", title=title or "Where each thought's decoded mass goes (BFS depth j = thought j)",
+                      yaxis_title="probability mass", yaxis_range=[0, 1])
+    return fig
+
+
+def thought_attention_heatmap(attention, title: Optional[str] = None, layer_names: Optional[Sequence[str]] = None
+                              ) -> go.Figure:
+    """Attention from the answer position (`<eot>`) into each latent slot: (layer, head, slot)
+    gives one row per layer and head, (layer, slot) one row per layer."""
+    a = _np(attention)
+    if a.ndim == 3:
+        L, H, S = a.shape
+        rows = [f"L{l}H{h}" for l in range(L) for h in range(H)]
+        a = a.reshape(L * H, S)
+    else:
+        S = a.shape[1]
+        rows = list(layer_names) if layer_names is not None else [f"layer {l}" for l in range(a.shape[0])]
+    fig = go.Figure(go.Heatmap(z=a, x=[f"slot {s}" for s in range(S)], y=rows, colorscale="Viridis", zmin=0,
+                               hovertemplate="%{y} -> %{x}: %{z:.3f}<extra></extra>", colorbar=dict(title="attention")))
+    fig.update_layout(title=title or "Attention from the answer into each thought", xaxis_title="latent slot",
+                      yaxis_autorange="reversed", height=max(300, 18 * len(rows) + 120))
+    return fig
+
+
+def answer_prob_curve(curve, title: Optional[str] = None, max_lines: int = 32) -> go.Figure:
+    """P(answer) with 0, 1, ... thoughts: the mean (thick) over examples, and each example (thin);
+    `curve`: (examples, n_thoughts + 1) or (n_thoughts + 1,)."""
+    c = _np(curve)
+    c = c[None] if c.ndim == 1 else c
+    xs = list(range(c.shape[1]))
+    traces = [go.Scatter(x=xs, y=row, mode="lines", line=dict(width=1, color="rgba(31,119,180,0.25)"),
+                         showlegend=False, hoverinfo="skip") for row in c[:max_lines]] if c.shape[0] > 1 else []
+    traces.append(go.Scatter(x=xs, y=c.mean(0), mode="lines+markers", line=dict(width=3, color="#1f77b4"),
+                             name="mean" if c.shape[0] > 1 else "P(answer)",
+                             hovertemplate="%{x} thoughts: P(answer) %{y:.3f}<extra></extra>"))
+    fig = go.Figure(traces)
+    fig.update_layout(title=title or "Answer probability as thoughts are added", xaxis_title="thoughts before <eot>",
+                      yaxis_title="P(answer)", yaxis_range=[0, 1], xaxis=dict(tickmode="linear", dtick=1))
+    return fig
+
+
+def thought_timeline(view: dict, title: Optional[str] = None) -> go.Figure:
+    """One example's passes left to right (`view`: `interp.thoughts.timeline`): each thought's
+    top decoded tokens, the answer's attention into each slot per layer, and P(answer) with
+    that many thoughts."""
+    tokens, probs = view["top_tokens"], _np(view["top_probs"])  # (thought, k)
+    S, k = probs.shape
+    attn = _np(view["attention"])  # (layer, slot)
+    curve = _np(view["answer_prob"])
+    xs = [f"thought {s}" for s in range(S)]
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=False, vertical_spacing=0.12, row_heights=[0.4, 0.35, 0.25],
+                        subplot_titles=("top decoded tokens of each thought", "answer's attention into each slot",
+                                        "P(answer) with t thoughts"))
+    fig.add_trace(go.Heatmap(z=probs.T, x=xs, y=[f"#{i + 1}" for i in range(k)], zmin=0, zmax=1,
+                             colorscale="Blues", text=[[tokens[s][i] for s in range(S)] for i in range(k)],
+                             texttemplate="%{text}", showscale=False,
+                             hovertemplate="%{x} %{y}: %{text} p=%{z:.3f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=attn, x=[f"slot {s}" for s in range(attn.shape[1])],
+                             y=list(view.get("layer_names", []))[1:] or [f"layer {l}" for l in range(attn.shape[0])],
+                             colorscale="Viridis", zmin=0, showscale=False,
+                             hovertemplate="%{y} -> %{x}: %{z:.3f}<extra></extra>"), row=2, col=1)
+    fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines+markers", showlegend=False,
+                             hovertemplate="%{x} thoughts: %{y:.3f}<extra></extra>"), row=3, col=1)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_yaxes(range=[0, 1], row=3, col=1)
+    fig.update_xaxes(tickmode="linear", dtick=1, row=3, col=1)
+    fig.update_layout(title=title or f"Latent thoughts, answer {view.get('answer', '')!r}", height=760)
+    return fig
