@@ -101,11 +101,17 @@ def attention_entropy(model, task) -> dict:
 def head_scores(model, task) -> dict:
     """Previous-token score on validation examples and induction score on repeated random
     tokens, per head, plus the best head of each (Olsson et al.'s phase change shows as a
-    jump in `induction_max`)."""
+    jump in `induction_max`). For the induction task the repeated sequences are drawn like
+    its own (its symbols, its block length, its <bos>), so the score is in distribution."""
     from ..heads import head_scores as scores
+    from ..heads import make_induction_tokens
 
     tokens, mask = _sample_tokens(task, model)
-    s = scores(model, tokens, attention_mask=mask)
+    induction = None
+    if getattr(task, "name", None) == "induction":
+        bos = getattr(task.tokenizer, "bos_token_id", None)
+        induction = make_induction_tokens(16, int(task.seq_len), int(task.n_symbols), seed=0, bos=bos)
+    s = scores(model, tokens, attention_mask=mask, induction_tokens=induction)
     out = {**_head_keys("prev_token", s.prev_token), **_head_keys("induction", s.induction)}
     out["prev_token_max"] = float(torch.nan_to_num(s.prev_token, nan=0.0).max())
     out["induction_max"] = float(torch.nan_to_num(s.induction, nan=0.0).max())
