@@ -1,0 +1,160 @@
+"""Coconut training step: KV-cached multi-pass (`models.thoughts.LatentReasoner`) against the naive
+full recompute (`models.thoughts.latent_forward_naive`, one full forward per thought). Prints
+one JSON document.
+
+    python benchmarks/bench_thoughts.py --out result.json     # GPU: 12 x 768, batch 64 x 256, 6 slots, bf16
+    python benchmarks/bench_thoughts.py --small               # CPU smoke run of the same code path
+
+A step is forward + backward of the next-token loss of a batch whose rows hold `<bot>`, 6
+latent slots and `<eot>` at different offsets (prompts of different lengths, right-padded),
+gradients through every thought. Both contenders run the same model and batch in one process,
+interleaved round by round; time is the median step, memory the peak allocated during a step
+above what is allocated before it (weights and gradients). The losses must agree (bf16).
+`--shapes` adds other (layers, d_model, batch) points, e.g. the tiny models Coconut runs
+here train (kernel-launch-bound: every extra pass costs its launches whatever its width).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import presets  # noqa: E402
+from models.thoughts import LatentReasoner, latent_forward_naive  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_batch(batch: int, seq: int, slots: int, vocab: int, latent: int, device, seed: int = 0):
+    """Rows: random prompt of varying length, <bot>(=1), `slots` latents, <eot>(=2), random tail;
+    right-padded with 0 to `seq`."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab, (batch, seq), generator=g)
+    for b in range(batch):
+        p = seq // 2 + int(torch.randint(-seq // 8, seq // 8, (1,), generator=g))
+        ids[b, p] = 1
+        ids[b, p + 1 : p + 1 + slots] = latent
+        ids[b, p + 1 + slots] = 2
+        end = seq - int(torch.randint(0, seq // 16 + 1, (1,), generator=g))
+        ids[b, end:] = 0
+    labels = ids.masked_fill((ids == latent) | (ids == 0), -100)
+    return ids.to(device), labels.to(device)
+
+
+def step_fns(model, latent: int):
+    reasoner = LatentReasoner(model, latent)
+
+    def kv(ids, labels):
+        return reasoner(ids, labels=labels, return_type="loss")
+
+    def naive(ids, labels):
+        logits, _ = latent_forward_naive(model, ids, latent)
+        return model.loss_fn(logits, labels)
+
+    return {"kv_multipass": kv, "naive_recompute": naive}
+
+
+def measure(fns, ids, labels, model, device, dtype, steps: int, warmup: int) -> dict:
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    times = {k: [] for k in fns}
+    peaks, losses = {}, {}
+
+    def one(name):
+        model.zero_grad(set_to_none=False)
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        with amp:
+            loss = fns[name](ids, labels)
+        loss.backward()
+        sync(device)
+        dt = time.perf_counter() - t0
+        if device.type == "cuda":
+            peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() - base)
+        losses[name] = float(loss)
+        return dt
+
+    for _ in range(warmup):
+        for name in fns:
+            one(name)
+    for _ in range(steps):
+        for name in fns:  # interleaved: both see the same clocks and thermals
+            times[name].append(one(name))
+    out = {}
+    for name in fns:
+        out[name] = {"median_ms": 1e3 * statistics.median(times[name]), "min_ms": 1e3 * min(times[name]),
+                     "loss": losses[name]}
+        if name in peaks:
+            out[name]["peak_mib"] = peaks[name] / 2**20
+    kv, nv = out["kv_multipass"], out["naive_recompute"]
+    out["speedup"] = nv["median_ms"] / kv["median_ms"]
+    if "peak_mib" in kv:
+        out["memory_ratio"] = kv["peak_mib"] / nv["peak_mib"]
+    out["loss_abs_diff"] = abs(kv["loss"] - nv["loss"])
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", action="store_true", help="tiny CPU run of the same code path")
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--d-model", type=int, default=768)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--slots", type=int, default=6)
+    p.add_argument("--vocab", type=int, default=512, help="small, as in this toolkit's tasks")
+    p.add_argument("--preset", default="math-compact")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--shapes", default="", help="extra points 'layers:d_model:batch,...'")
+    p.add_argument("--out", type=Path)
+    a = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not a.small else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if a.small:
+        a.layers, a.d_model, a.batch, a.seq, a.steps, a.warmup = 2, 64, 4, 64, 2, 1
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    shapes = [(a.layers, a.d_model, a.batch)]
+    for item in filter(None, a.shapes.split(",")):
+        L, d, b = (int(v) for v in item.split(":"))
+        shapes.append((L, d, b))
+    results = []
+    for L, d, B in shapes:
+        heads = max(1, d // 64)
+        model = presets.make(a.preset, "tiny", n_layers=L, d_model=d, n_heads=heads, d_vocab=a.vocab,
+                             n_ctx=max(a.seq, 128), pad_token_id=0).to(device)
+        latent = a.vocab - 1
+        ids, labels = make_batch(B, a.seq, a.slots, a.vocab, latent, device)
+        res = measure(step_fns(model, latent), ids, labels, model, device, dtype, a.steps, a.warmup)
+        res.update(layers=L, d_model=d, batch=B, seq=a.seq, slots=a.slots, vocab=a.vocab, preset=a.preset,
+                   params=sum(p.numel() for p in model.parameters()))
+        results.append(res)
+        print(json.dumps(res), file=sys.stderr)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    doc = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+           "dtype": str(dtype), "results": results}
+    if a.out:
+        a.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
