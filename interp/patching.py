@@ -67,12 +67,17 @@ Head = tuple[int, int]
 
 # ============================================================================ metrics
 class Metric:
-    """A batched metric: `fn(logits (*sites, batch, pos, d_vocab)) -> (*sites, batch)`."""
+    """A batched metric: `fn(logits (*sites, batch, pos, d_vocab)) -> (*sites, batch)`.
+
+    `last_read(T)`, when known, is the last position whose logits the metric reads: patched
+    runs then stop there (a causal model's later positions cannot change those logits) and
+    hand the metric NaN logits beyond it."""
 
     batched = True
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str):
-        self.fn, self.name = fn, name
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str,
+                 last_read: Optional[Callable[[int], int]] = None):
+        self.fn, self.name, self.last_read = fn, name, last_read
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return self.fn(logits)
@@ -82,7 +87,7 @@ class Metric:
 
 
 def _index_tensor(x, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.long)
+    t = torch.as_tensor(x).detach().to("cpu", torch.long)  # validated on the host: no device sync
     if t.ndim > 2:
         raise ValueError(f"{name} must be an int, (batch,) or (batch, n) ids, got shape {tuple(t.shape)}")
     return t
@@ -106,6 +111,11 @@ def _pick(logits: torch.Tensor, pos, token) -> torch.Tensor:
     return sel, token
 
 
+def _last_of(pos) -> Callable[[int], int]:
+    pos = _index_tensor(pos, "pos")
+    return lambda T: int((pos % T).max())
+
+
 def logit_diff(answer, wrong, pos=-1) -> Metric:
     """logit[answer] - logit[wrong] at `pos`, averaged over the positions given per prompt.
 
@@ -118,7 +128,7 @@ def logit_diff(answer, wrong, pos=-1) -> Metric:
         idx = lambda t: t.expand(*sel.shape[:-1])[..., None]
         return (sel.gather(-1, idx(a)) - sel.gather(-1, idx(w)))[..., 0].float().mean(-1)
 
-    return Metric(fn, "logit_diff")
+    return Metric(fn, "logit_diff", _last_of(pos))
 
 
 def logprob(target, pos=-1) -> Metric:
@@ -128,7 +138,7 @@ def logprob(target, pos=-1) -> Metric:
         sel, t = _pick(logits, pos, target)
         return sel.float().log_softmax(-1).gather(-1, t.expand(*sel.shape[:-1])[..., None])[..., 0].mean(-1)
 
-    return Metric(fn, "logprob")
+    return Metric(fn, "logprob", _last_of(pos))
 
 
 def prob(target, pos=-1) -> Metric:
@@ -138,7 +148,7 @@ def prob(target, pos=-1) -> Metric:
         sel, t = _pick(logits, pos, target)
         return sel.float().softmax(-1).gather(-1, t.expand(*sel.shape[:-1])[..., None])[..., 0].mean(-1)
 
-    return Metric(fn, "prob")
+    return Metric(fn, "prob", _last_of(pos))
 
 
 def loss(tokens: Int[torch.Tensor, "batch pos"], attention_mask: Optional[torch.Tensor] = None) -> Metric:
@@ -156,6 +166,11 @@ def loss(tokens: Int[torch.Tensor, "batch pos"], attention_mask: Optional[torch.
         return (nll * k).sum(-1) / k.sum(-1).clamp(min=1)
 
     return Metric(fn, "loss")
+
+
+def _end(metrics: dict, T: int) -> int:
+    """1 + the last position any metric reads (T when one does not say)."""
+    return 1 + max((m.last_read(T) if getattr(m, "last_read", None) else T - 1) for m in metrics.values())
 
 
 def _metric_name(m) -> str:
@@ -376,9 +391,11 @@ def _mask(model, act: str, sites: _Sites, chunk: slice, layer: int, T: int, devi
     return torch.from_numpy(m).to(device)[:, None, ..., None]  # (S, 1, *dims, 1)
 
 
-def _from_pos(x: torch.Tensor, axis: int, offset: int) -> torch.Tensor:
-    """x[..., offset:, ...] along `axis`."""
-    return x.narrow(axis, offset, x.shape[axis] - offset) if offset else x
+def _window(x: torch.Tensor, act: str, axis: int, offset: int, end: int) -> torch.Tensor:
+    """Positions offset..end - 1 along `axis` (and keys ..end - 1 of a pattern, the last axis)."""
+    if _kind(act) == "pattern":
+        x = x[..., :end]
+    return x.narrow(axis, offset, end - offset)
 
 
 # ============================================================================ the engine
@@ -408,17 +425,20 @@ class _BaseRun:
         self.logits, self.cache = cached(model, tokens, names=_stream_hooks(model) + list(names), attention_mask=mask,
                                          return_logits=True, past_kv_cache=self.kv)
 
-    def run(self, n_sites: int, layer: int, hooks: list, offset: int = 0, stop_after: Optional[int] = None):
+    def run(self, n_sites: int, layer: int, hooks: list, offset: int = 0, end: Optional[int] = None,
+            stop_after: Optional[int] = None):
         """Logits (n_sites * B, T, V) of the base prompts tiled `n_sites` times, run from block
-        `layer` and position `offset` with `hooks` attached (None with `stop_after`: the run
+        `layer` over positions `offset`..`end` - 1 with `hooks` attached; positions before
+        `offset` are the base run's logits, from `end` on NaN (None with `stop_after`: the run
         ends after that block)."""
         model, S = self.model, n_sites
+        end = self.T if end is None else end
         tile = lambda x: x.repeat(S, *([1] * (x.ndim - 1)))
         if self.model.cfg.stream == "factored":
             names = (f"blocks.{layer}.hook_xt_pre", f"blocks.{layer}.hook_xe_pre")
         else:
             names = (f"blocks.{layer}.hook_resid_pre",)
-        stream = tuple(tile(self.cache[n][:, offset:]) for n in names)
+        stream = tuple(tile(self.cache[n][:, offset:end]) for n in names)
         stream = stream if len(stream) == 2 else (stream[0], None)
         kv = None
         if offset:
@@ -432,7 +452,7 @@ class _BaseRun:
             if layer > 0:  # KVCache.length reads layer 0; blocks below `layer` never run
                 kv.layers[0].k = self.kv.layers[0].k[:, :, :offset]
             kv.positions = torch.arange(offset, device=stream[0].device)[None]
-        mask = None if self.mask is None else tile(self.mask)
+        mask = None if self.mask is None else tile(self.mask[:, :end])
         ctx = model._context(stream[0].shape[:2], stream[0].device, mask, None, kv)
         last = model.cfg.n_layers - 1 if stop_after is None else stop_after
         with model.hooks(fwd_hooks=hooks):
@@ -443,8 +463,9 @@ class _BaseRun:
             return None
         resid = stream[0] if stream[1] is None else stream[0] + stream[1]
         logits = model.unembed_resid(model.ln_final(resid))
-        if offset:
-            logits = torch.cat([tile(self.logits[:, :offset]), logits], dim=1)
+        if offset or end < self.T:
+            after = logits.new_full((logits.shape[0], self.T - end, logits.shape[2]), float("nan"))
+            logits = torch.cat([tile(self.logits[:, :offset]), logits, after], dim=1)
         return logits
 
 
@@ -460,17 +481,18 @@ def _bytes_per_row(model, T: int, explicit_layers: int) -> int:
 def rows_per_forward(model, T: int, memory_budget: Optional[int] = None, explicit: bool = False) -> int:
     """How many (site x prompt) rows one forward may stack within `memory_budget` bytes.
 
-    Default budget: half the free GPU memory on CUDA; 24 MiB on CPU, where a CPU-cache-sized
-    forward is as fast per row as a large one, and small chunks start later in the sequence
-    (a chunk starts at its first patched position)."""
+    Default: on CUDA, half the free GPU memory, and at most ~128k tokens a forward (enough to
+    fill the GPU; smaller chunks start later in the sequence: a chunk starts at its first
+    patched position); on CPU 24 MiB, where a cache-sized forward is as fast per row as a
+    large one."""
     device = model.cfg.device
-    if memory_budget is None:
-        if torch.device(device).type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            memory_budget = free // 2
-        else:
-            memory_budget = 24 * 2**20
-    return max(1, int(memory_budget // _bytes_per_row(model, T, explicit)))
+    per_row = _bytes_per_row(model, T, explicit)
+    if memory_budget is not None:
+        return max(1, int(memory_budget // per_row))
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, min(int(free // 2 // per_row), max(256, 2**17 // T)))
+    return max(1, int(24 * 2**20 // per_row))
 
 
 def _progress(progress: Progress, total: int, desc: str):
@@ -594,24 +616,39 @@ def activation_patching(
     per_forward = sites_per_forward or max(1, rows_per_forward(model, T, memory_budget, act == "pattern") // B)
     report = _progress(progress, len(sites), f"patching {act}")
     axis = _pos_axis(act)
+    end = _end(metrics, T)
     out = []
-    for start in range(0, len(sites), per_forward):
-        chunk = slice(start, min(start + per_forward, len(sites)))
+    for chunk in _chunks(sites.layer, per_forward):
         S = chunk.stop - chunk.start
         # positions before the chunk's first patched position are the base run's
         offset = 0 if mask is not None or (sites.pos[chunk] < 0).any() else int(sites.pos[chunk].min())
+        if offset >= end:  # patched after every position the metric reads: nothing can change
+            out.append(base_v[:, None].expand(-1, S, *base_v.shape[1:]))
+            report(chunk.stop)
+            continue
         hooks = []
         for l in sorted(set(sites.layer[chunk].tolist())):
-            m = _from_pos(_mask(model, act, sites, chunk, l, T, base.device), axis + 2, offset)
+            m = _window(_mask(model, act, sites, chunk, l, T, base.device), act, axis + 2, offset, end)
             for name in patch_names[l]:
-                hooks.append((name, _where_hook(m, _from_pos(source_cache[name], axis + 1, offset), S)))
-        logits = run.run(S, int(sites.layer[chunk].min()), hooks, offset)
+                hooks.append((name, _where_hook(m, _window(source_cache[name], act, axis + 1, offset, end), S)))
+        logits = run.run(S, int(sites.layer[chunk].min()), hooks, offset, end)
         out.append(_evaluate(metrics, logits, S, per_example))
         report(chunk.stop)
     values = torch.cat(out, dim=1)
     values = values.reshape(len(metrics), *[len(v) for v in sites.index.values()], *values.shape[2:])
     return _finish(values, metrics, many, per_example, sites.index, pos_labels, base_v, source_v, act, direction,
                    "activation")
+
+
+def _chunks(layers: np.ndarray, size: int) -> list[slice]:
+    """Consecutive runs of at most `size` sites that never straddle two layers: a chunk runs
+    from its lowest layer and its first position, so mixing layers would redo blocks."""
+    out, start = [], 0
+    for stop in range(1, len(layers) + 1):
+        if stop == len(layers) or stop - start == size or layers[stop] != layers[start]:
+            out.append(slice(start, stop))
+            start = stop
+    return out
 
 
 def _where_hook(mask: torch.Tensor, source: torch.Tensor, n_sites: int):
@@ -713,6 +750,7 @@ def path_patching(
     source_v = _evaluate(metrics, source_logits, 1, per_example)[:, 0]
 
     order = sorted(senders)
+    end = _end(metrics, T)
     per_forward = sites_per_forward or max(1, rows_per_forward(model, T, memory_budget) // B)
     report = _progress(progress, len(order), "path patching")
     receiving = torch.zeros(L, 1, 1, 1, H, 1, dtype=torch.bool)
@@ -732,17 +770,17 @@ def path_patching(
         hooks, recorded = [], {}
         for l in range(first, top):
             name = f"blocks.{l}.attn.hook_z"
-            hooks.append((name, _frozen_hook(sending[l], source_cache[name], run.cache[name], S)))
+            hooks.append((name, _frozen_hook(sending[l], source_cache[name][:, :end], run.cache[name][:, :end], S)))
             if mlp_names:
                 name = f"blocks.{l}.hook_mlp_out"
-                hooks.append((name, _frozen_hook(None, None, run.cache[name], S)))
+                hooks.append((name, _frozen_hook(None, None, run.cache[name][:, :end], S)))
         for key, name in recv_names.items():
             hooks.append((name, _record_hook(recorded, key)))
-        run.run(S, first, hooks, stop_after=top)
+        run.run(S, first, hooks, end=end, stop_after=top)
         # 2. only the receivers' inputs change
         hooks = [(name, _where_hook(receiving[l], recorded[(l, c)].view(S, B, *recorded[(l, c)].shape[1:]), S))
                  for (l, c), name in recv_names.items()]
-        logits = run.run(S, min(l for l, _ in receivers), hooks)
+        logits = run.run(S, min(l for l, _ in receivers), hooks, end=end)
         flat.append(_evaluate(metrics, logits, S, per_example))
         report(start + S)
     flat = torch.cat(flat, dim=1)

@@ -287,6 +287,7 @@ def test_path_patching_equals_naive_two_runs(name):
             assert float(res.values[sender]) == pytest.approx(expected, abs=1e-5), (name, direction, sender)
 
 
+@torch.no_grad()
 def test_direct_path_equals_the_algebra():
     """With every MLP and every other head frozen, the receiver's key is W_K ln1(resid_pre + the
     sender's write difference) + b_K: computed here by hand from weights and caches."""
@@ -307,3 +308,20 @@ def test_direct_path_equals_the_algebra():
     expected = float(_tl_metric(model.run_with_hooks(corrupted, fwd_hooks=[("blocks.2.attn.hook_k", set_k)])))
     res = patching.path_patching(model, clean, corrupted, METRIC, [receiver], "k", senders=[sender], freeze_mlps=True)
     assert float(res.values[sender]) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "factored-alibi", "gptj"])
+def test_a_metric_that_reads_early_positions(name):
+    """A built-in metric says which positions it reads; patched runs stop after the last one
+    (and sites after it keep the baseline): still equal to full one-site-per-forward runs."""
+    model = tiny(name, n_layers=3)
+    clean, corrupted = _pair(2, 8)
+    metric = patching.logit_diff(torch.tensor([3, 4]), 5, pos=torch.tensor([[2, 4]]))
+    plain = lambda logits: metric(logits[None])[0].mean()
+    for act, by in [("resid_pre", "pos"), ("pattern", "head_pos"), ("k", "head_pos"), ("z", "head")]:
+        ours = patching.activation_patching(model, clean, corrupted, metric, act, by, sites_per_forward=3)
+        torch.testing.assert_close(ours.values, _loop(model, corrupted, clean, plain, act, by), **TOL, msg=act)
+    res = patching.path_patching(model, clean, corrupted, metric, [(2, 0), (1, 3)], "qk", sites_per_forward=2)
+    for sender in [(0, 1), (1, 2)]:
+        expected = _naive_path(model, corrupted, clean, plain, sender, [(2, 0), (1, 3)], "qk", False)
+        assert float(res.values[sender]) == pytest.approx(expected, abs=1e-5)
