@@ -312,7 +312,17 @@ class Tokenizer:
             raise ValueError(f"could not encode {_snippet(text, 0)!r}: {err}") from err
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
-        return [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        """`encode` of each text; non-char tokenizers run HF's parallel batch encoder."""
+        texts = list(texts)
+        if self._char_level:
+            return [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        try:
+            rows = [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+        except Exception:  # an unknown token: encode one by one to raise naming it
+            return [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        if add_special_tokens and self.bos_token_id is not None:
+            rows = [[self.bos_token_id] + r for r in rows]
+        return rows
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         out = []
@@ -649,7 +659,7 @@ def bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = [corpus] if isinstance(corpus, str) else list(corpus)
+    texts = [corpus] if isinstance(corpus, str) else corpus  # an iterator streams (never a list in memory)
     hf.train_from_iterator(texts, trainer=trainer)
     return _finish(hf, specials)
 

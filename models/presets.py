@@ -75,6 +75,17 @@ def make(name: str, size: str = "tiny", **overrides) -> HookedTransformer:
     return HookedTransformer(config(name, size, **overrides))
 
 
+def summary(cfg: ModelConfig) -> dict:
+    """A config's shape and parts with its parameter counts (the model is built on the meta
+    device: no memory, any size)."""
+    with torch.device("meta"):
+        model = HookedTransformer(cfg)
+    keys = ("name", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab", "n_ctx",
+            "positional", "norm", "ffn", "block", "stream", "attn_only", "tie_embeddings", "gradient_checkpointing")
+    return {**{k: getattr(cfg, k) for k in keys}, "params": model.get_num_params(non_embedding=False),
+            "non_embedding_params": model.get_num_params(non_embedding=True)}
+
+
 def table() -> list[dict]:
     """Every preset x size with parameter counts (built on the meta device: no memory)."""
     rows = []

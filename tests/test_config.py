@@ -86,7 +86,7 @@ def test_validation_names_the_field(change, fragment):
 
 
 def test_unknown_option_lists_choices():
-    with pytest.raises(ConfigError, match=r"positional='rotary' is not one of \['learned', 'rope', 'alibi', 'none'\]"):
+    with pytest.raises(ConfigError, match=r"positional='rotary' is not one of \['learned', 'rope', 'alibi', 'none', 'learned\+rope'\]"):
         ModelConfig(**BASE, positional="rotary")
 
 

@@ -68,6 +68,9 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     wandb_project="interp",
     deterministic=False,  # torch.use_deterministic_algorithms (CUDA)
     trainer="default",  # a name registered with interp.training.loop.register_trainer
+    parallel="auto",  # auto | none | ddp | fsdp (interp.training.distributed; auto: ddp under torchrun)
+    dist_backend="auto",  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    cpu_offload=False,  # fsdp on CUDA: keep sharded parameters and optimizer state on the CPU
     coconut=None,  # trainer: coconut options (interp.training.coconut.COCONUT_DEFAULTS fills the rest)
 )
 TOP_LEVEL = ("name", "description", "model", "task", "train")
@@ -193,6 +196,17 @@ def _validate_train(t: dict) -> None:
             raise TrainConfigError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
     if not isinstance(t["save_best"], bool):
         raise TrainConfigError(f"train.save_best must be true or false, got {t['save_best']!r}")
+    epochs = t["epochs"]
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
+        raise TrainConfigError(f"train.epochs must be a positive number or null, got {epochs!r}")
+    gc = t["gradient_checkpointing"]
+    if not isinstance(gc, (bool, int)) or gc < 0:
+        raise TrainConfigError(f"train.gradient_checkpointing must be true, false or a layer interval N >= 1, got {gc!r}")
+    for key, choices in (("parallel", ("auto", "none", "ddp", "fsdp")), ("dist_backend", ("auto", "nccl", "gloo"))):
+        if t[key] not in choices:
+            raise TrainConfigError(f"train.{key} must be one of {' | '.join(choices)}, got {t[key]!r}")
+    if not isinstance(t["cpu_offload"], bool):
+        raise TrainConfigError(f"train.cpu_offload must be true or false, got {t['cpu_offload']!r}")
     for key in ("lr", "weight_decay", "eps"):
         if not isinstance(t[key], (int, float)) or t[key] < 0:
             raise TrainConfigError(f"train.{key} must be a non-negative number, got {t[key]!r}")
@@ -314,6 +328,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool = 
         else:
             decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def steps_for_epochs(epochs: float, n_rows: int, per_step: int) -> int:
+    """Optimizer steps for `epochs` passes over `n_rows` rows at `per_step` rows per step (the
+    global batch: batch_size x grad_accum x processes)."""
+    return max(1, math.ceil(epochs * n_rows / per_step))
 
 
 def lr_at(step: int, t: dict) -> float:

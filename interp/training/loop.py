@@ -44,6 +44,7 @@ from .config import (
     load_run_config,
     lr_at,
     param_groups,
+    steps_for_epochs,
     read_yaml,
     resolve_device,
 )
@@ -88,6 +89,9 @@ def train(
     trainer = TRAINERS.get(cfg["train"]["trainer"])
     if trainer is None:
         raise TrainConfigError(f"train.trainer={cfg['train']['trainer']!r}; registered: {sorted(TRAINERS)}")
+    from .distributed import for_config
+
+    trainer = for_config(trainer, cfg)  # train.parallel / torchrun: the same trainer on every process
     return trainer(cfg, resume=ckpt_dir, task=task).run()
 
 
@@ -336,7 +340,7 @@ class Trainer:
         self.pad_id = pad_id_of(self.tokenizer)
         max_len = max(filter(None, [getattr(self.task, "max_len", None), self.curriculum.max]), default=None)
         model_cfg = build_model_config(cfg["model"], self.tokenizer, max_len)
-        model_cfg.gradient_checkpointing = bool(t["gradient_checkpointing"])
+        model_cfg.gradient_checkpointing = t["gradient_checkpointing"]  # true, false or every Nth layer
         self.model = HookedTransformer(model_cfg)
         self.model.set_tokenizer(self.tokenizer)
 
@@ -353,6 +357,7 @@ class Trainer:
             self.start_step, self.tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
         self.model.to(self.device)
         self.model.train()
+        self.prepare_model()
 
         self.graphs = self._want_graphs()
         cuda = self.device.type == "cuda"
@@ -362,12 +367,14 @@ class Trainer:
             **({"fused": True} if cuda else {}), **({"capturable": True} if self.graphs else {}),
         )
         self.data = self.make_data()
+        if t["epochs"] is not None:  # steps from epochs: the sampler's per_step is the global batch
+            t["steps"] = steps_for_epochs(t["epochs"], self.data.sampler.n, self.data.sampler.per_step)
         self.eval_data = EvalData(self.task, self.pad_id, self.device)
         keep = None if t["keep_last"] == "all" else t["keep_last"]
         self.manager = ckpt_lib.CheckpointManager(self.run_dir, keep_last=keep)
         self.metrics_path = self.run_dir / ckpt_lib.METRICS_FILE
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.load_optimizer_state(state["optimizer"])
             src = resume / ckpt_lib.METRICS_FILE
             rows = ckpt_lib.read_metrics(src) if src.exists() else (
                 ckpt_lib.read_metrics(self.metrics_path) if self.metrics_path.exists() else [])
@@ -383,6 +390,18 @@ class Trainer:
         self.last_eval: Optional[dict] = None
 
     # ------------------------------------------------------------------ extension points
+    def prepare_model(self) -> None:
+        """Called once the model is on its device, before the optimizer sees its parameters
+        (the distributed trainer shards it with FSDP here)."""
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Resume: load a saved optimizer state (as `optimizer.state_dict()` wrote it)."""
+        self.optimizer.load_state_dict(state)
+
+    def make_sinks(self) -> "Sinks":
+        """Where `run` logs (the distributed trainer logs on rank 0 only)."""
+        return Sinks(self.run_dir, self.cfg, self.start_step)
+
     def make_data(self) -> TrainData:
         """The training data (subclasses: e.g. a curriculum stage's examples)."""
         t = self.t
@@ -431,7 +450,7 @@ class Trainer:
 
         t = self.t
         end = t["steps"] if t["stop_at"] is None else min(t["steps"], t["stop_at"])
-        sinks = Sinks(self.run_dir, self.cfg, self.start_step)
+        sinks = self.make_sinks()
         bar = tqdm(total=t["steps"], initial=self.start_step, disable=not t["progress"], dynamic_ncols=True,
                    desc=self.cfg["name"], file=sys.stderr)
         zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
