@@ -22,6 +22,7 @@ Writes `summary.json` (every number the findings rest on) and one heatmap per sw
 
 from __future__ import annotations
 
+import json
 import random
 
 import torch
@@ -128,7 +129,7 @@ def addition_pairs(task, n: int, experiment: str, place: int, seed: int = 0, pro
     with 4-digit sums (the positions then line up) are used.
     """
     rng = random.Random(seed)
-    problems = problems if problems is not None else [ex.meta["operands"] for ex in task.split("test")]
+    problems = problems if problems is not None else test_problems(task)
     problems = [(a, b) for a, b in problems if a + b >= 1000]
     roles = _roles(3)
     target_role = {"answer": f"r{place}", "carry_out": f"s{place}.k", "carry_in": f"s{place + 1}.c"}[experiment]
@@ -157,6 +158,18 @@ def addition_pairs(task, n: int, experiment: str, place: int, seed: int = 0, pro
             break
     clean, corrupted = torch.tensor(clean), torch.tensor(corrupted)
     return clean, corrupted, torch.tensor(want), torch.tensor(other), roles[:at]
+
+
+_PROBLEMS: dict[str, list[tuple[int, int]]] = {}
+
+
+def test_problems(task) -> list[tuple[int, int]]:
+    """The operands of the task's test split, built once per task config (drawing the splits
+    of a 50k-problem task takes seconds)."""
+    key = json.dumps(task.config(), sort_keys=True)
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = [tuple(ex.meta["operands"]) for ex in task.split("test")]
+    return _PROBLEMS[key]
 
 
 def addition_experiment(model, task, n: int, experiment: str, place: int, problems=None, progress=None):
@@ -217,7 +230,7 @@ EXPERIMENTS = [("answer", 0), ("answer", 1), ("answer", 2), ("carry_out", 0), ("
 
 def addition(model, task, n: int, progress=None):
     summary, figures = {}, {}
-    problems = [ex.meta["operands"] for ex in task.split("test")]
+    problems = test_problems(task)
     for experiment, place in EXPERIMENTS:
         s, f = addition_experiment(model, task, n, experiment, place, problems, progress)
         summary[f"{experiment}_{place}"] = s

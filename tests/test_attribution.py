@@ -210,3 +210,22 @@ def test_attribution_patching_tracks_real_patching_on_the_induction_checkpoint()
             assert float(l1) > 0.95, float(l1)
     print("attribution vs activation patching, Pearson r:", corr)
     assert corr["attn_out"] > 0.85 and corr["resid_pre"] > 0.7 and corr["z"] > 0.4, corr
+
+
+def test_attribution_figures():
+    from interp import plots
+
+    model = tiny("factored")
+    clean, corrupted = tokens(2, 6, seed=1), tokens(2, 6, seed=2)
+    dla = attribution.direct_logit_attribution(model, clean)
+    bars = plots.logit_attribution_bars(dla, batch=None, pos=-2, k=5)
+    assert len(bars.data[0].y) == 5
+    stacked = plots.logit_attribution_stacked(dla, batch=0, pos=-2)
+    assert {t.name for t in stacked.data} >= {"H0", "H3", "MLP", "embed"}
+    assert sum(sum(t.y) for t in stacked.data) == pytest.approx(float(dla.values[:, 0, -2].sum()), abs=1e-4)
+    heat = plots.logit_attribution_heatmap(dla, labels=[str(t) for t in clean[0].tolist()])
+    assert heat.data[0].z.shape == (len(dla.labels), 6)
+    est = attribution.attribution_patching(model, clean, corrupted, METRIC, acts=("z",))["z"]
+    real = patching.activation_patching(model, clean, corrupted, METRIC, "z")
+    scatter = plots.attribution_scatter(est, real)
+    assert len(scatter.data[0].x) == 8 and "r = " in scatter.layout.title.text

@@ -325,3 +325,22 @@ def test_a_metric_that_reads_early_positions(name):
     for sender in [(0, 1), (1, 2)]:
         expected = _naive_path(model, corrupted, clean, plain, sender, [(2, 0), (1, 3)], "qk", False)
         assert float(res.values[sender]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_figures_for_every_grid_shape():
+    from interp import plots
+
+    model = tiny("vanilla")
+    clean, corrupted = _pair()
+    labels = ["a", "b", "a", "c", "d", "a"]  # repeated token labels stay distinct on the axis
+    for act, by, n_traces in [("resid_pre", "pos", 1), ("attn_out", "layer", 1), ("z", "head", 1), ("z", "head_pos", 2)]:
+        res = patching.activation_patching(model, clean, corrupted, METRIC, act, by, pos_labels=labels)
+        fig = plots.patching_heatmap(res)
+        assert len(fig.data) == n_traces, (act, by)
+        if by == "pos":
+            assert list(fig.data[0].x) == plots.unique_labels(labels)
+            assert fig.data[0].z.shape == (2, T)
+    paths = patching.path_patching(model, clean, corrupted, METRIC, [(1, 0)], "k")
+    assert plots.patching_heatmap(paths, normalized=False).data[0].z.shape == (2, 4)
+    with pytest.raises(ValueError, match="one metric"):
+        plots.patching_heatmap(patching.activation_patching(model, clean, corrupted, METRIC, "z", reduce="none"))
