@@ -13,8 +13,8 @@ Contenders, in one process, interleaved round by round, each eager and `torch.co
   autocast loss path);
 * `ours_run_with_cache`: every hook cached (explicit attention), eager.
 
-`--variants` adds diagnostics: `ours_unpadded` (our loss-path vocabulary padding off),
-`ours_cudnn` / `anchor_cudnn` (cuDNN attention tried first), each with `_compiled`.
+`--variants` adds a diagnostic: `ours_unpadded` (our loss-path vocabulary padding off), also
+`_compiled`.
 MFU uses the nanoGPT / PaLM count, 6 N + 12 L d T FLOPs per token with N the parameters
 without the position table at the true vocabulary (the same work for every contender), over
 the GPU's dense bf16 peak. `--profile NAME,...` adds a per-kernel breakdown of a few steps.
@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchor_gpt import AnchorConfig, AnchorGPT  # noqa: E402
-from models import attention as our_attention  # noqa: E402
 from models import presets  # noqa: E402
 from models import transformer as our_transformer  # noqa: E402
 from reference_gpt import GPT  # noqa: E402
@@ -79,29 +78,15 @@ def fresh(fn, tag: str):
 
 
 @contextlib.contextmanager
-def settings(unembed_align=None, sdpa=None, outer_sdpa=None):
+def settings(unembed_align=None):
     """Model-level knobs for one variant (read at trace time; guarded by torch.compile)."""
-    saved = our_transformer.UNEMBED_ALIGN, our_attention.SDPA_BACKENDS
+    saved = our_transformer.UNEMBED_ALIGN
     if unembed_align is not None:
         our_transformer.UNEMBED_ALIGN = unembed_align
-    if sdpa is not None:
-        our_attention.SDPA_BACKENDS = sdpa
     try:
-        if outer_sdpa is not None:
-            from torch.nn.attention import sdpa_kernel
-
-            with sdpa_kernel(outer_sdpa, set_priority=True):
-                yield
-        else:
-            yield
+        yield
     finally:
-        our_transformer.UNEMBED_ALIGN, our_attention.SDPA_BACKENDS = saved
-
-
-def cudnn_first():
-    from torch.nn.attention import SDPBackend
-
-    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        our_transformer.UNEMBED_ALIGN = saved
 
 
 class Variant:
@@ -147,7 +132,7 @@ def build_variants(names, args, device, size):
     for name in names:
         base, compiled = name.removesuffix("_compiled"), name.endswith("_compiled")
         knobs = {}
-        if base in ("ours", "ours_unpadded", "ours_cudnn", "ours_run_with_cache"):
+        if base in ("ours", "ours_unpadded", "ours_run_with_cache"):
             model = ours()
             if base == "ours_run_with_cache":
 
@@ -158,14 +143,13 @@ def build_variants(names, args, device, size):
 
                 def loss(tok, tgt, model=model):
                     return model(tok, return_type="loss")
-            knobs = {"ours_unpadded": dict(unembed_align=1), "ours_cudnn": dict(sdpa=cudnn_first())}.get(base, {})
+            knobs = dict(unembed_align=1) if base == "ours_unpadded" else {}
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
-        elif base in ("anchor", "anchor_cudnn"):
+        elif base == "anchor":
             model = anchor(base)
 
             def loss(tok, tgt, model=model):
                 return model(tok, tgt.masked_fill(tgt == -100, -1))
-            knobs = dict(outer_sdpa=cudnn_first()) if base == "anchor_cudnn" else {}
             opt = model.configure_optimizer(lr=1e-4, fused=fused)
         elif base == "reference":
             model = reference()
@@ -230,26 +214,6 @@ def profile_variant(v: Variant, tokens, targets, device, dtype, steps=3, top=30)
     }
 
 
-def cudnn_check(device, dtype) -> dict:
-    """cuDNN attention against the default backend on the benchmark's attention shape."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(4, 12, 1024, 64, device=device, dtype=dtype, generator=g, requires_grad=True) for _ in range(3))
-    out = {}
-    for tag, backends in (("default", None), ("cudnn", [SDPBackend.CUDNN_ATTENTION])):
-        ctx = sdpa_kernel(backends) if backends else contextlib.nullcontext()
-        with ctx:
-            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            grads = torch.autograd.grad(y.float().square().sum(), (q, k, v))
-        out[tag] = (y.float(), [gr.float() for gr in grads])
-    (y0, g0), (y1, g1) = out["default"], out["cudnn"]
-    return {
-        "max_abs_diff_out": float((y0 - y1).abs().max()),
-        "max_rel_diff_grads": max(float((a - b).norm() / a.norm()) for a, b in zip(g0, g1)),
-    }
-
-
 def throughput(args, device, dtype, result) -> dict:
     size = "tiny" if args.small else "large"
     names = [n for n in args.variants.split(",") if n]
@@ -296,8 +260,6 @@ def throughput(args, device, dtype, result) -> dict:
             "ours_vs_reference_eager": ratio("ours", "reference"),
             "ours_vs_reference_compiled": ratio("ours_compiled", "reference_compiled"),
             "run_with_cache_vs_ours_eager": ratio("ours_run_with_cache", "ours"),
-            "ours_cudnn_vs_anchor_compiled": ratio("ours_cudnn_compiled", "anchor_compiled"),
-            "ours_cudnn_vs_anchor_cudnn_compiled": ratio("ours_cudnn_compiled", "anchor_cudnn_compiled"),
             "ours_unpadded_vs_ours_compiled": ratio("ours_unpadded_compiled", "ours_compiled"),
         }.items() if r is not None
     }
@@ -307,11 +269,6 @@ def throughput(args, device, dtype, result) -> dict:
     if args.profile and device.type == "cuda":
         result["profile"] = {v.name: profile_variant(v, tokens, targets, device, dtype)
                              for v in live if v.name in args.profile.split(",")}
-    if any("cudnn" in n for n in names) and device.type == "cuda":
-        try:
-            result["cudnn_check"] = cudnn_check(device, dtype)
-        except RuntimeError as e:  # no cuDNN attention for this GPU / build
-            result["cudnn_check"] = {"error": str(e)[:300]}
     if "ours" in models:
         result["padded_loss_check"] = padded_loss_check(models["ours"], tokens, device, dtype)
     return out

@@ -19,7 +19,6 @@ Hook shapes follow TransformerLens: `hook_q|k|v|z|rot_q|rot_k` are
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -96,20 +95,6 @@ class AttnContext:
             mask = mask & self.key_mask[:, None, None, :]
             mask = mask | (k_idx == q_idx)[None, None]
         return mask
-
-
-# Order in which CUDA SDPA kernels are tried for the causal training/prefill call, e.g.
-# [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION] (see `torch.nn.attention`);
-# None keeps torch's own order. Read at trace time, so a compiled model recompiles on change.
-SDPA_BACKENDS: Optional[list] = None
-
-
-def _sdpa_backends(q: torch.Tensor):
-    if SDPA_BACKENDS is None or not q.is_cuda:
-        return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
-    return sdpa_kernel(SDPA_BACKENDS, set_priority=True)
 
 
 _flex = None
@@ -313,8 +298,7 @@ class Attention(nn.Module):
                 bias = bias.masked_fill(~ctx.bool_mask(q.device), float("-inf"))
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, enable_gqa=gqa)
         elif ctx.key_mask is None and ctx.q_len == ctx.k_len:
-            with _sdpa_backends(q):
-                z = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
         elif ctx.key_mask is None and ctx.q_len == 1:
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=gqa)
         else:

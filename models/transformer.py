@@ -30,8 +30,10 @@ from .positions import LearnedPositions, positions_from_mask
 
 TokensLike = Union[str, Sequence[str], torch.Tensor]
 
-# The loss path pads the unembedding's vocabulary rows to a multiple of this on CUDA (1: off).
+# The loss path pads a vocabulary of at least UNEMBED_PAD_MIN tokens to a multiple of
+# UNEMBED_ALIGN (see `HookedTransformer._unembed_for_loss`; 1 turns it off).
 UNEMBED_ALIGN = 64
+UNEMBED_PAD_MIN = 4096
 
 
 class Output(NamedTuple):
@@ -217,18 +219,24 @@ class HookedTransformer(HookedRootModule):
         logits = F.linear(x, self.embed.weight) if self.unembed is None else self.unembed(x)
         return logits if self.b_U is None else logits + self.b_U
 
-    def _unembed_for_loss(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_vocab"]:
-        """`unembed_resid` for a loss nobody sees the logits of: on CUDA the unembedding runs
-        with its vocabulary rows zero-padded to a multiple of `UNEMBED_ALIGN`, so the largest
-        matmul of a training step (and the reductions over its rows) has aligned shapes
-        (50,257 -> 50,304 for GPT-2) without changing the parameters; the padded columns are
-        sliced off before the loss, which is therefore exactly the unpadded one."""
+    def _unembed_for_loss(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
+        """`unembed_resid` for a loss nobody sees the logits of. A large vocabulary is padded
+        to a multiple of `UNEMBED_ALIGN` (50,257 -> 50,304 for GPT-2) without changing the
+        parameters: the unembedding gets zero rows, and the padded logits get a -inf bias (added
+        in the matmul's epilogue), so softmax gives them probability 0 and no gradient. The loss
+        is exactly the unpadded one, while the largest matmul of a training step and the loss
+        reductions over its rows run on aligned, contiguous rows (as nanoGPT's padded
+        vocabulary does, without nanoGPT's extra tokens)."""
         W = self.embed.weight if self.unembed is None else self.unembed.weight
-        pad = -W.shape[0] % UNEMBED_ALIGN
-        if not x.is_cuda or pad == 0:
+        vocab = W.shape[0]
+        pad = -vocab % UNEMBED_ALIGN
+        if pad == 0 or vocab < UNEMBED_PAD_MIN:
             return self.unembed_resid(x)
-        logits = F.linear(x, F.pad(W, (0, 0, 0, pad)))[..., : W.shape[0]]
-        return logits if self.b_U is None else logits + self.b_U
+        bias = torch.zeros(vocab + pad, device=W.device, dtype=W.dtype)
+        bias[vocab:] = float("-inf")
+        if self.b_U is not None:
+            bias = bias + F.pad(self.b_U, (0, pad))
+        return F.linear(x, F.pad(W, (0, 0, 0, pad)), bias)
 
     @staticmethod
     def loss_fn(
