@@ -97,9 +97,8 @@ def timed(fn, device):
 
 
 def bench(name, model, clean, corrupted, metric, sweeps, repeats, device):
-    from transformer_lens import patching as tl
-
     import pandas as pd
+    from transformer_lens import patching as tl
 
     tl_metric = lambda logits: metric(logits).mean()
     with torch.no_grad():

@@ -35,9 +35,13 @@ from typing import Optional, Sequence, Union
 import torch
 from jaxtyping import Float, Int
 
-from . import patching
 from .cache import cached
 from .lens import next_token_targets
+from .patching import PatchResult, act_hook_names
+from .patching.engine import prepare
+from .patching.metrics import metric_name
+from .patching.result import labelled
+from .patching.sites import kind_of, site_grid
 
 __all__ = ["LogitAttribution", "direct_logit_attribution", "attribution_patching"]
 
@@ -244,7 +248,7 @@ def direct_logit_attribution(
 # ============================================================================ attribution patching
 def _reduce_site(product: torch.Tensor, act: str, by: str) -> torch.Tensor:
     """Sum grad * delta (batch, *act dims) over each site -> (batch, *site grid dims without layer)."""
-    kind = patching._kind(act)
+    kind = kind_of(act)
     if kind == "stream":  # (B, T, D)
         return product.sum(-1) if by == "pos" else product.sum((-1, -2))
     if kind == "head":  # (B, T, H, d)
@@ -265,7 +269,7 @@ def attribution_patching(
     attention_mask: Optional[torch.Tensor] = None,
     reduce: str = "mean",
     pos_labels: Optional[Sequence[str]] = None,
-) -> dict[str, patching.PatchResult]:
+) -> dict[str, PatchResult]:
     """First-order estimates of `activation_patching` for every act at once: one forward and
     one backward on the base prompts, one forward on the source prompts.
 
@@ -283,12 +287,12 @@ def attribution_patching(
         raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
     if isinstance(metric, dict):
         raise ValueError("attribution_patching takes one metric (each needs its own backward pass)")
-    base, source, mask = patching._prepare(model, clean, corrupted, attention_mask, direction)
+    base, source, mask = prepare(model, clean, corrupted, attention_mask, direction)
     B, T = base.shape
     L = model.cfg.n_layers
     splits = {a: (by.get(a) if isinstance(by, dict) else by) for a in acts}
-    grids = {a: patching._grid(model, a, splits[a], T, None, None, None) for a in acts}
-    names = {a: [patching.act_hook_names(model, a, l) for l in range(L)] for a in acts}
+    grids = {a: site_grid(model, a, splits[a], T, None, None, None) for a in acts}
+    names = {a: [act_hook_names(model, a, l) for l in range(L)] for a in acts}
     wanted = sorted({n for a in acts for ns in names[a] for n in ns})
 
     with torch.no_grad():
@@ -341,8 +345,8 @@ def attribution_patching(
             est = est.sum(0) if scalar else est.mean(0) if reduce == "mean" else est.movedim(0, -1)
             cell = baseline[0] if reduce == "mean" or scalar else baseline
             values = est + cell
-            results[a] = patching._finish(
-                values[None], {patching._metric_name(metric): metric}, False, reduce == "none", sites.index,
+            results[a] = labelled(
+                values[None], {metric_name(metric): metric}, False, reduce == "none", sites.index,
                 pos_labels, cell[None], (source_v[0] if reduce == "mean" or scalar else source_v)[None],
                 a, direction, "attribution",
             )

@@ -10,6 +10,8 @@ from transformer_lens import patching as tlp
 
 from conftest import PRESETS, build, tiny, tokens
 from interp import patching
+from interp.patching.engine import BaseRun
+from interp.patching.sites import kind_of, n_heads_of
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 T = 6
@@ -85,12 +87,12 @@ def test_equals_transformer_lens_on_every_preset(name):
 def _loop(model, base, source, metric, act, by, mask=None):
     """One run_with_hooks per site: the activation is cloned and the site's slice copied in."""
     factored = model.cfg.stream == "factored"
-    kind = patching._kind(act)
+    kind = kind_of(act)
     names = lambda l: ([f"blocks.{l}.hook_{s}_{act.split('_')[1]}" for s in ("xt", "xe")]
                        if act.startswith("resid") and factored else patching.act_hook_names(model, act, l))
     _, src = model.run_with_cache(source, attention_mask=mask)
     L, Tn = model.cfg.n_layers, base.shape[1]
-    H = patching._n_heads(model, act)
+    H = n_heads_of(model, act)
     grid = {"pos": (L, Tn), "layer": (L,), "head": (L, H), "head_pos": (L, Tn, H)}[by]
     out = torch.empty(grid + ((base.shape[0],) if isinstance(metric(model(base)), torch.Tensor)
                               and metric(model(base)).ndim == 1 else ()))
@@ -143,11 +145,11 @@ def test_chunking_and_budget_do_not_change_numbers(sites):
 
 
 def test_tail_forward_equals_model_on_every_preset():
-    """`_BaseRun.run` (from block l and position p, the base keys/values before p) is the model."""
+    """`BaseRun.run` (from block l and position p, the base keys/values before p) is the model."""
     for name in PRESETS:
         model = tiny(name, n_layers=3)
         toks = tokens(2, 8)
-        run = patching._BaseRun(model, toks, None)
+        run = BaseRun(model, toks, None)
         full = model(toks)
         for layer in range(3):
             for offset in (0, 3, 7):
