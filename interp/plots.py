@@ -611,3 +611,17 @@ def thought_timeline(view: dict, title: Optional[str] = None) -> go.Figure:
     fig.update_xaxes(tickmode="linear", dtick=1, row=3, col=1)
     fig.update_layout(title=title or f"Latent thoughts, answer {view.get('answer', '')!r}", height=760)
     return fig
+
+
+def head_series_heatmap(steps: Sequence[int], values: dict, title: str = "", mark_step: Optional[int] = None,
+                        colorbar: str = "score") -> go.Figure:
+    """Heads x steps: `values` maps a head name ("L1H0") to its series over `steps`
+    (e.g. each head's induction score at every eval)."""
+    names = list(values)
+    z = np.array([[np.nan if v is None else v for v in values[n]] for n in names], dtype=float)
+    fig = go.Figure(go.Heatmap(z=z, x=list(steps), y=names, colorscale="Viridis", colorbar=dict(title=colorbar),
+                               hovertemplate="%{y}<br>step %{x}<br>%{z:.3f}<extra></extra>"))
+    if mark_step is not None:
+        fig.add_vline(x=mark_step, line=dict(color="#e4572e", width=2, dash="dot"))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="head", height=max(300, 40 + 22 * len(names)))
+    return fig
