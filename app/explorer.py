@@ -25,8 +25,23 @@ st.set_page_config(page_title="interp explorer", layout="wide")
 st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}</style>")  # more room for figures
 _cold = "app.data" not in sys.modules
 _boot = st.empty()
-if _cold:  # first run in this server: say what is happening while torch imports
-    _boot.info("Loading torch and the checkpoint…")
+if _cold:  # first run in this server: say what is happening while torch imports (seconds), and
+    # draw hidden stand-ins of the first page's elements so the browser fetches and compiles
+    # their code (plotly.js included) on the other core meanwhile.
+    with _boot.container():
+        st.info("Loading torch and the checkpoint…")
+        st.html("<style>.st-key-boot_preload{display:none}</style>")
+        with st.container(key="boot_preload"):
+            st.text_area("preload", disabled=True)
+            st.selectbox("preload", ["-"], disabled=True)
+            st.text_input("preload", disabled=True)
+            st.radio("preload", ["-"], disabled=True)
+            st.segmented_control("preload", ["-"], disabled=True)
+            st.dataframe({"-": [0.0]})
+            st.plotly_chart({"data": [{"type": "heatmap", "z": [[0]]}], "layout": {}})
+            from app import components  # no torch behind it
+
+            components.figure_export("-", "-")
 
 from app import data, state, views  # noqa: E402
 
@@ -105,7 +120,8 @@ def model_card(ck: data.Loaded, sb) -> None:
         shown = {k: v for k, v in s["metrics"].items() if k != "step"}
         step = f" (step {s['metrics']['step']})" if "step" in s["metrics"] else ""
         headline = [k for k in ("loss", "ppl", "exact_match", "token_acc") if k in shown]
-        sb.caption("final metrics" + step + ": " + ", ".join(f"{k} {shown[k]:.4g}" for k in headline))
+        if headline:
+            sb.caption("final metrics" + step + ": " + ", ".join(f"{k} {shown[k]:.4g}" for k in headline))
         with sb.expander("All final metrics"):
             st.dataframe({"metric": list(shown), "value": [f"{v:.4g}" for v in shown.values()]}, hide_index=True)
     if ck.card:
@@ -139,7 +155,7 @@ def main() -> None:
     by_slug = {p.slug: p for p in pages}
     view.widget("radio", "page", "Page", value=wanted, options=slugs, format_func=lambda s: by_slug[s].title,
                 container=nav, horizontal=True)
-    model_card(ck, sb)
+    card = sb.container()  # filled after the page: its code block pulls a big highlighter into the browser
     page = by_slug[wanted]
     st.caption(f"{page.title} · `{ck.path}`" + (f" · step {step} of run `{run.dir.name}`" if run else ""))
     try:
@@ -153,6 +169,7 @@ def main() -> None:
         view.sync()
     for msg in view.problems:
         notes.warning(msg)
+    model_card(ck, card)
 
 
 main()

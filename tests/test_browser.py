@@ -1,6 +1,11 @@
 """The explorer in a real browser: Debian's chromium + chromedriver driven by Selenium against
-`streamlit run app/explorer.py` on 127.0.0.1. It loads, a head is picked, the heatmap's DOM
-changes, a screenshot is written, and no error element appears.
+`streamlit run app/explorer.py` on 127.0.0.1, at 1600 x 1000.
+
+Covered: a URL shows the view it names (and reloading it shows it again); heads switch in the
+browser before Python hears of it, and the URL follows; clicking a thumbnail, a score-map
+cell and a logit-lens cell selects; the token view shades tokens by the real attention
+values; no error element ever appears. Screenshots go to $BROWSER_SCREENSHOT_DIR (default:
+the test's tmp dir). The helpers here are shared with benchmarks/bench_app.py.
 
 Skipped only when chromium/chromedriver are missing *and* `CI` is unset (`make browser-deps`
 installs them); in CI a missing browser is a failure.
@@ -8,6 +13,7 @@ installs them); in CI a missing browser is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -25,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 60  # seconds, every wait below is bounded by this
+WINDOW = (1600, 1000)
 
 _have_browser = os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
 if not _have_browser and not os.environ.get("CI"):
@@ -38,13 +46,13 @@ except ImportError:
         raise
     pytest.skip("selenium is not installed (dev extra)", allow_module_level=True)
 from selenium import webdriver  # noqa: E402
+from selenium.webdriver import ActionChains  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-HEATMAP = '[data-testid="stPlotlyChart"]'
 
-
+# ------------------------------------------------------------------ server + browser
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,11 +70,11 @@ def wait_http(port: int, proc: subprocess.Popen, timeout: float = WAIT) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
             return
         except OSError:
-            time.sleep(0.25)
+            time.sleep(0.05)
     raise TimeoutError(f"streamlit did not answer on port {port} within {timeout}s")
 
 
-def start_server(root: Path, port: int, log) -> subprocess.Popen:
+def start_server(root, port: int, log) -> subprocess.Popen:
     env = dict(os.environ, INTERP_CHECKPOINT_ROOT=str(root), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "explorer.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -89,21 +97,27 @@ def make_driver(profile: str) -> "webdriver.Chrome":
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1600,1200"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(WAIT)
     return driver
 
 
-def heatmap_state(driver) -> str:
-    """The first plotly chart's title + the data it draws (the DOM plotly built)."""
-    return driver.execute_script(
-        """const el = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
-        if (!el || !el.data || !el.data.length || el.data[0].type !== 'heatmap') return '';
-        const t = el.querySelector('.gtitle');
-        return (t ? t.textContent : '') + '|' + JSON.stringify(el.data[0].z);"""
-    )
+# ------------------------------------------------------------------ page probes
+# Event timestamps (capture phase, the browser's own clock) and the time of the last DOM change.
+PROBES = """
+if (!window.__probes) {
+  window.__probes = true; window.__ev = {}; window.__lastMutation = performance.now();
+  for (const t of ['pointerdown', 'click', 'keydown']) document.addEventListener(t, e => { window.__ev[t] = e.timeStamp; }, true);
+  new MutationObserver(() => { window.__lastMutation = performance.now(); })
+    .observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
+}
+"""
+
+
+def install_probes(driver) -> None:
+    driver.execute_script(PROBES)
 
 
 def errors(driver) -> list[str]:
@@ -113,51 +127,215 @@ def errors(driver) -> list[str]:
     return [e.text for e in found]
 
 
-def choose(driver, label: str, option: str) -> None:
-    """Open the selectbox labelled `label` (a combobox input with that aria-label) and click `option`."""
-    box = next(b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
-               if b.find_elements(By.CSS_SELECTOR, f'input[aria-label="{label}"]'))
-    opener = box.find_elements(By.CSS_SELECTOR, 'button[aria-haspopup="listbox"], [data-baseweb="select"]')
-    (opener[0] if opener else box.find_element(By.CSS_SELECTOR, "input")).click()
-    WebDriverWait(driver, WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, '[role="option"]'))
-    opt = next(o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text.strip() == option)
-    opt.click()
+def ix_state(driver):
+    """What the attention component drew last (its data-ix-state), or None before it drew."""
+    s = driver.execute_script("const e = document.querySelector('.ix-attn'); return e ? e.dataset.ixState : null")
+    return json.loads(s) if s else None
 
 
-def test_explorer_in_chromium(tmp_path):
+def first_draw(driver, since: float, **want):
+    """The first drawing logged after `since` (page clock, ms) matching `want`, or None."""
+    return driver.execute_script(
+        "return (window.__ixLog || []).find(r => r.painted > arguments[0] && "
+        "Object.entries(arguments[1]).every(([k, v]) => r[k] === v)) || null", since, want)
+
+
+def settled(driver, quiet_ms: float = 500) -> bool:
+    """No script run in progress, nothing stale, and no DOM change for `quiet_ms`."""
+    return bool(driver.execute_script(
+        "return !document.querySelector('[data-testid=\"stStatusWidget\"]') && "
+        "!document.querySelector('[data-stale=\"true\"]') && performance.now() - window.__lastMutation > arguments[0]",
+        quiet_ms))
+
+
+def wait_settled(driver, timeout: float = WAIT, quiet_ms: float = 500) -> float:
+    """Wait until the page settles; returns the page-clock time of its last DOM change."""
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: settled(d, quiet_ms) or errors(d))
+    return driver.execute_script("return window.__lastMutation")
+
+
+def query(driver) -> dict:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(driver.current_url).query))
+
+
+def head_button(driver, head: int):
+    return driver.execute_script("return document.querySelectorAll('.ix-attn .ix-group')[0]"
+                                 ".querySelectorAll('button')[arguments[0]]", head)
+
+
+def segmented(driver, key: str, text: str):
+    """A button of the segmented control with widget key `key` (class st-key-<key, dots as ->)."""
+    css = f".st-key-{key.replace('.', '-')} button"
+    return next(b for b in driver.find_elements(By.CSS_SELECTOR, css) if b.text.strip() == text)
+
+
+def click_plotly_cell(driver, chart_key: str, x_index: int, y_index: int) -> None:
+    """A real mouse click on the centre of heatmap cell (x_index, y_index) of a plotly chart."""
+    sel = f".st-key-{chart_key} .js-plotly-plot"
+    el = driver.find_element(By.CSS_SELECTOR, f".st-key-{chart_key}")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+    WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
+        f"const g = document.querySelector('{sel}'); return !!(g && g._fullLayout && g._fullLayout.xaxis)"))
+    dx, dy = driver.execute_script(
+        f"""const gd = document.querySelector('{sel}'), fl = gd._fullLayout, r = gd.getBoundingClientRect();
+        const x = fl._size.l + fl.xaxis.l2p(arguments[0]), y = fl._size.t + fl.yaxis.l2p(arguments[1]);
+        return [x - r.width / 2, y - r.height / 2];""", x_index, y_index)
+    ActionChains(driver).move_to_element_with_offset(driver.find_element(By.CSS_SELECTOR, sel), dx, dy).click().perform()
+
+
+def canvas_digest(driver) -> str:
+    return driver.execute_script("return document.querySelector('.ix-attn .ix-heat').toDataURL().slice(-4000)")
+
+
+def load(driver, url: str, attention: bool = True):
+    """Open `url`, wait for the attention component (or, with attention=False, any plotly
+    chart) and for the page to settle; returns the component's state (or None)."""
+    driver.get(url)
+    ready = ix_state if attention else (lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"))
+    WebDriverWait(driver, WAIT, poll_frequency=0.05).until(lambda d: ready(d) or errors(d))
+    assert not errors(driver), errors(driver)
+    install_probes(driver)
+    wait_settled(driver)
+    return ix_state(driver)
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
     assert _have_browser, f"CI is set but {CHROMIUM} / {CHROMEDRIVER} are missing: run `make browser-deps`"
-    root = tmp_path / "ckpts"
-    make_checkpoints(root, names=("shakespeare_factored_alibi",), broken=False)
-    shots = Path(os.environ.get("BROWSER_SCREENSHOT_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    root = tmp_path_factory.mktemp("browser_ckpts")
+    ckpts = make_checkpoints(root, names=("shakespeare_factored_alibi",), broken=False)
     port = free_port()
-    log = open(tmp_path / "streamlit.log", "w")
+    log_path = root / "streamlit.log"
+    log = open(log_path, "w")
     proc = start_server(root, port, log)
-    driver = None
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    driver = None
     try:
         wait_http(port, proc)
         driver = make_driver(profile)
-        driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, WAIT, poll_frequency=0.2)
-        wait.until(lambda d: heatmap_state(d) or errors(d))
-        assert not errors(driver), errors(driver)
-        before = heatmap_state(driver)
-        assert before.startswith("L0H0")
-        driver.save_screenshot(str(shots / "explorer_attention_L0H0.png"))
-
-        choose(driver, "Head", "3")
-        wait.until(lambda d: heatmap_state(d).startswith("L0H3") or errors(d))
-        after = heatmap_state(driver)
-        assert after.startswith("L0H3") and after != before
-        assert after.split("|", 1)[1] != before.split("|", 1)[1]  # the drawn pattern changed, not only the title
-        assert not errors(driver), errors(driver)
-        path = shots / "explorer_attention_L0H3.png"
-        driver.save_screenshot(str(path))
-        assert path.stat().st_size > 10_000
+        yield dict(driver=driver, base=f"http://127.0.0.1:{port}/", ckpts=ckpts, log=log_path)
     finally:
         if driver is not None:
             driver.quit()
         stop_server(proc)
         log.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    d = Path(os.environ.get("BROWSER_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def reference_pattern(ckpt, text: str, layer: int):
+    import interp
+
+    model, _ = interp.load(ckpt)
+    _, cache = model.run_with_cache(model.to_tokens(text))
+    return cache["blocks.%d.attn.hook_pattern" % layer][0].numpy()
+
+
+# ------------------------------------------------------------------ tests
+def test_a_url_shows_the_view_it_names(served, shots):
+    d, base = served["driver"], served["base"]
+    params = dict(ckpt="shakespeare_factored_alibi", page="attention", layer="1", head="2", mode="all", dir="to",
+                  scale="shared", pos="4", prompt="To be, or not to be")
+    url = base + "?" + urllib.parse.urlencode(params)
+    s = load(d, url)
+    assert (s["layer"], s["head"], s["mode"], s["dir"], s["scale"], s["pos"], s["T"]) == (1, 2, "all", "to", "shared", 4, 20)
+    assert d.find_element(By.CSS_SELECTOR, '.st-key-w-prompt textarea').get_attribute("value") == params["prompt"]
+    assert "L1H2" in d.find_element(By.CSS_SELECTOR, ".ix-title").text
+    assert len(d.find_elements(By.CSS_SELECTOR, ".ix-tokens .ix-line")) == 4  # all heads: one line per head
+    assert d.find_element(By.CSS_SELECTOR, '.ix-thumb[data-layer="1"][data-head="2"]').get_attribute("class").count("ix-sel")
+    assert {k: v for k, v in query(d).items() if k in params} == params
+    d.save_screenshot(str(shots / "explorer_url_view.png"))
+    digest = canvas_digest(d)
+    again = load(d, d.current_url)  # reload: the same view
+    assert {k: again[k] for k in ("layer", "head", "mode", "dir", "scale", "pos", "T")} == \
+        {k: s[k] for k in ("layer", "head", "mode", "dir", "scale", "pos", "T")}
+    assert canvas_digest(d) == digest
+
+
+def test_heads_switch_in_the_browser_and_the_url_follows(served, shots):
+    d, base = served["driver"], served["base"]
+    s = load(d, base + "?page=attention&prompt=" + urllib.parse.quote("ROMEO:\nBut, soft! what light"))
+    assert (s["layer"], s["head"]) == (0, 0)
+    before = canvas_digest(d)
+    head_button(d, 3).click()
+    t0 = d.execute_script("return window.__ev.pointerdown")
+    WebDriverWait(d, WAIT, poll_frequency=0.02).until(lambda dr: first_draw(dr, t0, head=3))
+    drawn = first_draw(d, t0, head=3)
+    assert drawn["pending"] is True  # drawn from the patterns already in the page, before Python replied
+    assert drawn["painted"] - t0 < 1000  # generous on a loaded CI machine; bench_app.py measures it
+    assert canvas_digest(d) != before and "L0H3" in d.find_element(By.CSS_SELECTOR, ".ix-title").text
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("head") == "3")
+    wait_settled(d)
+    assert not errors(d)
+    d.save_screenshot(str(shots / "explorer_attention_L0H3.png"))
+    # the mean of the heads, and back
+    d.execute_script("document.querySelectorAll('.ix-attn .ix-group')[1].querySelectorAll('button')[2].click()")
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("mode") == "mean")
+    assert "mean of 4 heads" in d.find_element(By.CSS_SELECTOR, ".ix-title").text
+
+
+def test_click_to_select(served, shots):
+    d, base = served["driver"], served["base"]
+    load(d, base + "?page=attention")
+    # a thumbnail of another layer: the server sends that layer's patterns
+    d.find_element(By.CSS_SELECTOR, '.ix-thumb[data-layer="1"][data-head="2"]').click()
+    WebDriverWait(d, WAIT).until(lambda dr: (ix_state(dr) or {}).get("layer") == 1 and not ix_state(dr)["waiting"])
+    assert ix_state(d)["head"] == 2
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("layer") == "1" and query(dr).get("head") == "2")
+    wait_settled(d)
+    assert "ix-sel" in d.find_element(By.CSS_SELECTOR, '.ix-thumb[data-layer="1"][data-head="2"]').get_attribute("class")
+    assert segmented(d, "w.layer", "L1").get_attribute("aria-checked") == "true"
+    # a score-map cell: head 3 of layer 0
+    click_plotly_cell(d, "attn_scoremap", 3, 0)
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("head") == "3" and "layer" not in query(dr))
+    WebDriverWait(d, WAIT).until(lambda dr: (ix_state(dr) or {}).get("layer") == 0 and ix_state(dr)["head"] == 3)
+    wait_settled(d)
+    shapes = d.execute_script("return document.querySelector('.st-key-attn_scoremap .js-plotly-plot').layout.shapes")
+    assert (shapes[0]["x0"], shapes[0]["y0"]) == (2.5, -0.5)  # the selected head is outlined in the map too
+    assert not errors(d)
+    d.save_screenshot(str(shots / "explorer_scoremap_click.png"))
+    # a logit-lens cell selects that position
+    load(d, base + "?page=lens&prompt=" + urllib.parse.quote("To be, or not"), attention=False)
+    click_plotly_cell(d, "lens_heatmap", 5, 1)
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("pos") == "5")
+    wait_settled(d)
+    assert "position 5" in d.find_element(By.CSS_SELECTOR, '[data-testid="stCaptionContainer"]').text or \
+        any("position 5" in c.text for c in d.find_elements(By.CSS_SELECTOR, '[data-testid="stCaptionContainer"]'))
+    assert not errors(d)
+
+
+def test_token_view_shades_by_attention(served, shots):
+    d, base, ckpts = served["driver"], served["base"], served["ckpts"]
+    text = "To be, or not to be"
+    load(d, base + "?" + urllib.parse.urlencode(dict(page="attention", layer="1", head="1", prompt=text)))
+    want = reference_pattern(ckpts["shakespeare_factored_alibi"], text, 1)[1]  # head 1: (q, k)
+    spans = d.find_elements(By.CSS_SELECTOR, ".ix-tokens .ix-tok")
+    assert len(spans) == want.shape[0] and spans[1].text == "T"
+    q = 12
+    ActionChains(d).move_to_element(spans[q]).perform()
+    WebDriverWait(d, WAIT).until(lambda dr: "ix-focus" in spans[q].get_attribute("class"))
+    shown = [float(s.get_attribute("title").rsplit(": ", 1)[1]) for s in spans]
+    assert max(abs(a - b) for a, b in zip(shown, want[q])) < 2e-3  # float16 on the wire
+    shaded = [bool(s.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")) for s in spans]
+    assert shaded[: q + 1] == [bool(v > 0) for v in want[q, : q + 1]] and not any(shaded[q + 1:])
+    d.save_screenshot(str(shots / "explorer_token_view.png"))
+    # "to" direction: the hovered token as the key
+    d.execute_script("document.querySelectorAll('.ix-attn .ix-group')[2].querySelectorAll('button')[1].click()")
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("dir") == "to")
+    wait_settled(d)
+    spans = d.find_elements(By.CSS_SELECTOR, ".ix-tokens .ix-tok")
+    ActionChains(d).move_to_element(spans[3]).perform()
+    WebDriverWait(d, WAIT).until(lambda dr: "ix-focus" in spans[3].get_attribute("class"))
+    shown = [float(s.get_attribute("title").rsplit(": ", 1)[1]) for s in spans]
+    assert max(abs(a - b) for a, b in zip(shown, want[:, 3])) < 2e-3
+    # a click pins the token: it is the URL's position
+    spans[3].click()
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("pos") == "3")
+    assert not errors(d)

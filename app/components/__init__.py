@@ -4,6 +4,7 @@ iframe, no build step, nothing fetched from the network).
 * `attention_view`: one layer's attention (heatmap with full token labels, token view,
   every head as a clickable thumbnail); head changes are drawn in the browser.
 * `token_strip`: a row of tokens coloured by a value or a colour, optionally clickable.
+* `figure_export`: PNG / SVG buttons for a plotly chart on the page.
 
 Both report choices through a state value carrying a sequence number `seq`; the caller
 echoes the last applied `seq` back as `ack`, so data computed before a newer click cannot
@@ -30,6 +31,7 @@ def _component(name: str):
 
 _attention = _component("attention")
 _strip = _component("strip")
+_figexport = _component("figexport")
 
 
 def _changed(key: str, field: str, handler: Callable[[dict], None]) -> None:
@@ -62,3 +64,8 @@ def token_strip(key: str, tokens: Sequence[str], *, values: Optional[Sequence[Op
     if on_pick is not None:
         callbacks["on_pick_change"] = partial(_changed, key, "pick", lambda v: on_pick(int(v["i"])))
     return _strip(key=key, data=data, height="content", **callbacks)
+
+
+def figure_export(chart_key: str, name: str) -> None:
+    """PNG and SVG buttons that save the plotly chart drawn with `key=chart_key`."""
+    _figexport(key=f"figexport.{chart_key}", data=dict(chart=chart_key, name=name), height="content")

@@ -132,6 +132,7 @@ function load(S, d) {
   }
   S.name = d.name;
   const server = { layer: d.layer, head: d.head, mode: d.mode, dir: d.dir, scale: d.scale, pos: d.pos };
+  S.ack = d.ack;
   if (!S.cur || d.ack >= S.seq) { S.cur = server; S.seq = d.ack; } // the server has seen every local change
 }
 
@@ -385,8 +386,9 @@ function draw(S) {
   S.cur = cur;
   drawGrid(S);
   S.host.classList.toggle("ix-wait", waiting);
+  // what was drawn, for tests and benchmarks; `pending`: drawn before Python saw this choice
   const rec = { layer: S.patLayer, head: S.cur.head, mode: S.cur.mode, scale: S.cur.scale, dir: S.cur.dir,
-    pos: S.cur.pos, T: S.T, waiting };
+    pos: S.cur.pos, T: S.T, waiting, pending: S.seq > S.ack };
   requestAnimationFrame(() => {
     rec.painted = performance.now();
     S.host.dataset.ixState = JSON.stringify(rec);

@@ -80,7 +80,8 @@ def render(ctx: Ctx) -> None:
         styled = df.style.format("{:.3f}").apply(
             lambda r: ["background-color: #fde2d8" if r.name == sel_name else "" for _ in r], axis=1)
         st.dataframe(styled, height=min(38 + 35 * len(df), 560), width="stretch")
-        export(f"{ctx.ck.name.replace('/', '_')}_head_scores", key="head_scores", table=lambda: df)
+        export(f"{ctx.ck.name.replace('/', '_')}_head_scores", key="head_scores", table=lambda: df,
+               charts=["attn_scoremap"])
 
 
 def _pattern_table(ctx: Ctx, ids, labels, layer: int, head: int) -> pd.DataFrame:

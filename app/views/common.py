@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from .. import data
+from .. import components, data
 from ..data import AppError, Loaded, Run
 from ..state import View, set_param
 
@@ -159,10 +159,10 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 def export(name: str, *, table: Optional[Callable[[], pd.DataFrame]] = None,
            arrays: Optional[Callable[[], Mapping[str, np.ndarray]]] = None, key: Optional[str] = None,
-           container=None) -> None:
+           charts: Sequence[str] = (), container=None) -> None:
     """An "Export" popover: the figure's numbers as CSV (`table()`) and/or `.npz` (`arrays()`),
-    computed only when clicked. Figures themselves: the camera in each chart's toolbar (PNG)
-    or the PNG / SVG buttons of the attention component."""
+    computed only when clicked, and PNG / SVG of the plotly `charts` (their keys). The
+    attention component has its own PNG / SVG / CSV buttons."""
     c = container if container is not None else st
     key = key or name
     # the deferred builders of this run, by key: what the buttons call (tests call them too)
@@ -174,8 +174,10 @@ def export(name: str, *, table: Optional[Callable[[], pd.DataFrame]] = None,
         if arrays is not None:
             st.download_button("NumPy .npz", data=lambda: npz_bytes(arrays()), file_name=f"{name}.npz",
                                mime="application/octet-stream", key=f"npz.{key}", on_click="ignore")
-        st.caption("Figures: the camera icon in a chart's toolbar saves a PNG; "
-                   "SVG: the Export row of the attention view, or open the CSV in your plotting tool.")
+        for chart_key in charts:
+            if len(charts) > 1:
+                st.caption(chart_key)
+            components.figure_export(chart_key, f"{name}_{chart_key}" if len(charts) > 1 else name)
 
 
 def labelled(values: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> pd.DataFrame:

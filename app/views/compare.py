@@ -122,8 +122,9 @@ def _task_metrics(ctx: Ctx, cks, names, progress) -> None:
     show += ["answer_to_step_attn/mean", "answer_to_step_attn/max", "answer_to_step_attn/argmax"]
     show += ["exact_match", "answer_match"] if gen else []
     table = pd.DataFrame(rows)[[c for c in show if c in rows[0]]].set_index("name")
-    st.dataframe(table, width="stretch")
-    export("compare_metrics", key="compare_metrics_export", table=lambda: pd.DataFrame(rows).set_index("name"))
+    st.dataframe(table.style.format(lambda v: f"{v:.4g}" if isinstance(v, float) else v), width="stretch")
+    export("compare_metrics", key="compare_metrics_export", table=lambda: pd.DataFrame(rows).set_index("name"),
+           charts=["compare_loss", "compare_acc"])
 
 
 def _prompt_for_all(ctx: Ctx, cks, names):
@@ -147,7 +148,7 @@ def _text_metrics(ctx: Ctx, cks, names, progress) -> None:
         col.metric(name, f"{np.mean(v):.3f} nats/token", help="mean next-token loss on the prompt")
     chart(plots.per_token_lines(losses, p.labels[1:], title="Next-token loss on the prompt (x = the predicted token)",
                                 yaxis_title="loss (nats)").update_layout(height=320), "compare_token_loss")
-    export("compare_token_loss", key="compare_loss_export",
+    export("compare_token_loss", key="compare_loss_export", charts=["compare_token_loss"],
            table=lambda: pd.DataFrame(losses, index=[f"{i + 1}:{l}" for i, l in enumerate(p.labels[1:])]))
 
 
@@ -186,12 +187,13 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
                + (f"checked against the target (the prompt's remaining {len(target)} tokens)" if target else
                   "no target (the prompt ends there)")
                + f"; attention of L{layer}H{head} on the whole prompt, one colour scale (0 to {top:.3f}) for all panels.")
-    for col, c, name, pat, i in zip(st.columns(len(cks)), cks, names, pats, range(len(cks))):
+    n = len(cks)
+    for col, c, name, i in zip(st.columns(n), cks, names, range(n)):  # row 1: completions
         with col:
             st.markdown(f"**{name}**")
             out = data.completion(c.key, ids[:cut], max_new, stop)
             if target:
-                ok = [i < len(target) and t == target[i] for i, t in enumerate(out)]
+                ok = [j < len(target) and t == target[j] for j, t in enumerate(out)]
                 first_bad = next((j for j, good in enumerate(ok[: len(target)]) if not good), None)
                 done = out[: len(target)] == target
                 st.markdown(":green[**matches the target**]" if done else
@@ -202,11 +204,14 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
             components.token_strip(f"compare_out_{i}", [vocab[t] for t in out], colors=colors,
                                    titles=[f"{j}: {vocab[t]}" + (f" (target {vocab[target[j]]})" if j < len(target) else "")
                                            for j, t in enumerate(out)])
-            fig = plots.attention_heatmap(pat, p.labels, p.labels, zmax=top, title=f"{name} L{layer}H{head}")
-            chart(fig.update_layout(height=min(620, max(360, 160 + 9 * len(ids)))), f"compare_attn_{i}")
-            if a2s is not None:
-                chart(plots.head_score_heatmap(a2s[i], name="answer→step", title="answer → step attention",
-                                               selected=(layer, head), zmin=a_lo, zmax=a_hi).update_layout(height=260),
-                      f"compare_a2s_{i}")
+    for col, name, pat, i in zip(st.columns(n), names, pats, range(n)):  # row 2: attention, one scale
+        fig = plots.attention_heatmap(pat, p.labels, p.labels, zmax=top, title=f"{name} L{layer}H{head}")
+        chart(fig.update_layout(height=min(620, max(360, 160 + 9 * len(ids)))), f"compare_attn_{i}", container=col)
+    if a2s is not None:  # row 3: answer -> step attention, one scale
+        for col, a, i in zip(st.columns(n), a2s, range(n)):
+            chart(plots.head_score_heatmap(a, name="answer→step", title="answer → step attention",
+                                           selected=(layer, head), zmin=a_lo, zmax=a_hi).update_layout(height=260),
+                  f"compare_a2s_{i}", container=col)
     export("compare_attention", key="compare_attn_export",
+           charts=[f"compare_attn_{i}" for i in range(n)] + ([f"compare_a2s_{i}" for i in range(n)] if a2s else []),
            arrays=lambda: {f"attention_{n}": data.attention(c.key, ids) for n, c in zip(names, cks)} | {"tokens": np.array(ids)})

@@ -47,7 +47,7 @@ def render(ctx: Ctx) -> None:
     chart(fig.update_layout(height=max(300, 120 + 40 * res.n_layers)), "lens_heatmap",
           on_point=lambda pt: set_param("pos", rc(pt)[1]))
     name = ck.name.replace("/", "_")
-    export(f"{name}_logit_lens_{stream}", key="lens_export",
+    export(f"{name}_logit_lens_{stream}", key="lens_export", charts=["lens_heatmap"],
            arrays=lambda: {"target_prob": res.target_prob[:, 0].numpy(), "target_rank": res.target_rank[:, 0].numpy(),
                            "top_tokens": res.top_tokens[:, 0].numpy(), "top_probs": res.top_probs[:, 0].numpy(),
                            "tokens": np.array(ids), "layer_names": np.array(res.layer_names)},

@@ -45,7 +45,7 @@ def render(ctx: Ctx) -> None:
     default_cut = data.prompt_end(ck, ids)
     cut = view.get("cut")
     cut = cut if cut is not None and 1 <= cut <= T else default_cut
-    c0, c1, c2, c3, c4, c5 = st.columns([3, 1.2, 1, 1, 1.2, 1])
+    c0, c1, c2, c3, c4, c5 = st.columns([3, 1.2, 1.3, 1, 1.2, 1])
     view.widget("select_slider", "cut", "Generate after", value=cut, options=list(range(1, T + 1)), container=c0,
                 format_func=lambda c: f"{c} tokens (…{''.join(p.labels[max(0, c - 6):c])})",
                 to_url=lambda c: None if c == default_cut else c,
@@ -54,7 +54,7 @@ def render(ctx: Ctx) -> None:
     n_new, stop = generation_settings(ctx, cut)
     room = cfg.n_ctx - cut if cfg.positional == "learned" else 256
     view.widget("number_input", "n", "Max new tokens", value=n_new, min_value=1, max_value=max(1, room), container=c1)
-    view.widget("toggle", "eos", "Until <eos>", value=stop, container=c2, disabled=cfg.eos_token_id is None,
+    view.widget("toggle", "eos", "Stop at <eos>", value=stop, container=c2, disabled=cfg.eos_token_id is None,
                 help="Stop at the end-of-sequence token (default for task checkpoints).")
     greedy = bool(view.get("greedy"))
     view.widget("toggle", "greedy", "Greedy", value=greedy, container=c3)
@@ -114,6 +114,7 @@ def render(ctx: Ctx) -> None:
     st.dataframe(table, width="stretch", column_config={
         "p": st.column_config.ProgressColumn("p", min_value=0.0, max_value=1.0, format="%.3f")})
     export(f"{ck.name.replace('/', '_')}_generation", key="steps_export", table=lambda: table,
+           charts=["steps_probs", "steps_attn"],
            arrays=lambda: {"prompt": np.array(prompt_ids), "generated": np.array(new),
                            "probs": np.stack([x.probs.numpy() for x in trace]),
                            "attention": _padded([x.attention.numpy() for x in trace])})

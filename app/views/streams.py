@@ -37,7 +37,7 @@ def render(ctx: Ctx) -> None:
     title = "||resid||" + (" = ||xt + xe||" if n.xt is not None else "") + " per layer and position (click: position)"
     fig = plots.resid_norms(n.resid, p.labels, n.layer_names, title=title, scale=norm, selected_pos=pos, clickable=True)
     chart(fig.update_layout(height=h), "streams_resid", on_point=lambda pt: _pick_cell(T, pt))
-    tables = {"resid": n.resid}
+    tables, figs = {"resid": n.resid}, {"streams_resid"}
     if n.xt is not None:
         c1, c2 = st.columns([1, 2])
         stream = view.choice("stream", ["xt", "xe"])
@@ -51,7 +51,8 @@ def render(ctx: Ctx) -> None:
                                 selected_pos=pos, clickable=True)
         chart(fig.update_layout(height=h), "streams_xtxe", on_point=lambda pt: _pick_cell(T, pt), container=c2)
         tables.update(xt=n.xt, xe=n.xe)
-    export(f"{name}_stream_norms", key="streams_norms",
+        figs.add("streams_xtxe")
+    export(f"{name}_stream_norms", key="streams_norms", charts=[k for k in ("streams_resid", "streams_xtxe") if k in figs],
            arrays=lambda: {k: np.asarray(v) for k, v in tables.items()} | {"tokens": np.array(ids)},
            table=lambda: pd.concat({k: labelled(np.asarray(v), n.layer_names, p.labels) for k, v in tables.items()}))
 
@@ -71,4 +72,4 @@ def render(ctx: Ctx) -> None:
                                 f"({p.labels[pos]})").update_layout(height=max(300, 60 + 18 * len(idx))),
           "streams_neurons")
     export(f"{name}_neurons_L{layer}_pos{pos}", key="streams_neurons_export",
-           table=lambda: pd.DataFrame({"neuron": idx, "activation": val}))
+           table=lambda: pd.DataFrame({"neuron": idx, "activation": val}), charts=["streams_neurons"])

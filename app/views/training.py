@@ -82,6 +82,6 @@ def render(ctx: Ctx) -> None:
     if constant:
         with st.expander(f"{len(constant)} constant series"):
             st.dataframe(pd.DataFrame({"series": list(constant), "value": list(constant.values())}), hide_index=True)
-    export(f"{run.dir.name}_metrics", key="training_export",
+    export(f"{run.dir.name}_metrics", key="training_export", charts=[f"train_{i}" for i in range(len(groups))],
            table=lambda: pd.DataFrame([{"series": n, "step": x, "value": y} for n, (xs, ys) in series.items()
                                        for x, y in zip(xs, ys)]).set_index("series"))
