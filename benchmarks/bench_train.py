@@ -59,7 +59,14 @@ def config(name: str, steps: int, out_dir: Path, device: str, extra: dict) -> di
     return cfg
 
 
+def fresh_compiler() -> None:
+    """Each contender compiles from scratch: dynamo's per-function recompile limit is shared by
+    every model instance in the process, and one backend's cache must not serve another."""
+    torch._dynamo.reset()
+
+
 def run_ours(name: str, steps: int, device: str, extra: dict) -> dict:
+    fresh_compiler()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config(name, steps, Path(tmp), device, extra)
         trainer = Trainer(cfg)
@@ -79,6 +86,7 @@ def run_ours(name: str, steps: int, device: str, extra: dict) -> dict:
 
 
 def run_limit(name: str, steps: int, device: str, compile) -> dict:
+    fresh_compiler()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config(name, steps, Path(tmp), device, {"train.compile": False, "train.cuda_graphs": False})
         trainer = Trainer(cfg)  # builds the same model and the same data tensors, on the device
