@@ -69,7 +69,7 @@ class StaticKVCache:
     """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype: torch.dtype):
-        if cfg.positional == "learned" and max_len > cfg.n_ctx:
+        if cfg.uses_learned_positions and max_len > cfg.n_ctx:
             raise ValueError(f"max_len={max_len} is past n_ctx={cfg.n_ctx} of a model with learned positions")
         self.batch, self.max_len, self.dtype = batch, max_len, dtype
         shape = (batch, cfg.n_kv_heads, max_len, cfg.d_head)
@@ -122,7 +122,7 @@ class StaticKVCache:
         self.positions.index_copy_(1, self.step, q_pos)
         self.valid.index_copy_(1, self.step, alive)
         self.n_real.add_(alive[:, 0].long())
-        rope = model.blocks[0].attn.rotary.angles(q_pos) if model.cfg.positional == "rope" else None
+        rope = model.blocks[0].attn.rotary.angles(q_pos) if model.cfg.uses_rope else None
         return AttnContext(
             q_pos=q_pos, k_pos=self.positions, key_mask=self.valid, past=0, rope=rope,
             q_cols=self.step, max_position=self.max_position,
@@ -183,7 +183,7 @@ def cache_length(cfg: ModelConfig, prompt_width: int, max_new_tokens: int) -> Op
     raises at the step that does, unless every row stops before)."""
     need = prompt_width + max_new_tokens - 1
     length = -(-need // LENGTH_BUCKET) * LENGTH_BUCKET
-    if cfg.positional == "learned":
+    if cfg.uses_learned_positions:
         if need > cfg.n_ctx:
             return None
         length = min(length, cfg.n_ctx)

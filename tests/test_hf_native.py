@@ -37,9 +37,9 @@ def left_padded(prompts, pad=0):
     return ids, mask
 
 
-@pytest.mark.parametrize("name", presets.NAMES)
+@pytest.mark.parametrize("name", presets.NAMES + ("llama-like+learned",))
 def test_hf_generate_equals_ours_for_every_preset(name, tmp_path):
-    model = tiny(name)
+    model = tiny("llama-like", positional="learned+rope") if name == "llama-like+learned" else tiny(name)
     InterpForCausalLM.from_hooked(model).save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "interp"
     hf_model = AutoModelForCausalLM.from_pretrained(tmp_path, local_files_only=True).eval()
@@ -192,3 +192,24 @@ def test_cli_export_uses_the_wrapper_where_needed(tmp_path):
     hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     ids = torch.tensor([tok.encode("abc defg")])
     torch.testing.assert_close(hf_model(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
+    gptj = ck.save(tiny("gptj", d_vocab=tok.vocab_size), tmp_path / "g", tok)
+    result = CliRunner().invoke(app, ["export", str(gptj), "--out", str(tmp_path / "hf_g"), "--wrapper"])
+    assert result.exit_code == 0 and "InterpForCausalLM" in result.output, result.output
+
+
+def test_native_forward_takes_hf_arguments():
+    """`HookedTransformer.forward(input_ids=, attention_mask=, labels=)` on a left-padded batch:
+    the loss equals a naive per-row cross-entropy over the unpadded sequences."""
+    model = tiny("math-compact")
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    ids, mask = left_padded(rows)
+    out = model(input_ids=ids, attention_mask=mask, labels=ids)
+    nll, count = 0.0, 0
+    for row in rows:
+        logits = model(torch.tensor([row]))[0]
+        nll = nll + torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(row[1:]), reduction="sum")
+        count += len(row) - 1
+    torch.testing.assert_close(out.loss, nll / count, atol=1e-5, rtol=1e-5)
+    last = model(input_ids=ids, attention_mask=mask, last_position_only=True)
+    torch.testing.assert_close(last[:, 0], out.logits[:, -1])
+    torch.testing.assert_close(model(inputs_embeds=model.embed(ids), attention_mask=mask, labels=ids).loss, out.loss)

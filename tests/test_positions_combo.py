@@ -118,3 +118,49 @@ def test_rope_shape_errors_name_the_shapes():
         rot(torch.zeros(5, 4, 8), cos, sin)
     with pytest.raises(ValueError, match=r"cos/sin \(3, 5, 1, 4\)"):
         rot(x, *rot.angles(torch.arange(5).expand(3, 5)))
+
+
+def test_presets_config_prints_any_configs_parameter_count(tmp_path):
+    """`interp presets --config`: a run YAML (vocabulary from its task), a checkpoint, a
+    ModelConfig JSON; counts equal those of the model really built."""
+    import json
+    import re
+
+    import yaml
+    from typer.testing import CliRunner
+
+    import interp
+    from interp.cli import app
+    from interp.tokenizers import char_tokenizer
+
+    runner = CliRunner()
+    run = {"model": {"preset": "llama-like", "size": "small", "positional": "learned+rope"},
+           "task": {"name": "text", "texts": ["abc def ghi " * 20] * 20, "seq_len": 32},
+           "train": {"gradient_checkpointing": 2}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    result = runner.invoke(app, ["presets", "--config", str(tmp_path / "run.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    model = presets.make("llama-like", "small", positional="learned+rope", d_vocab=row["d_vocab"])
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["positional"] == "learned+rope" and row["d_vocab"] == 3 + 10  # <pad> <bos> <eos> + "abcdefghi "
+    tok = char_tokenizer("abcdefgh ")
+    interp.save(presets.make("gptj", "tiny", d_vocab=tok.vocab_size), tmp_path / "ckpt", tok)
+    table = runner.invoke(app, ["presets", "--config", str(tmp_path / "ckpt")])
+    assert table.exit_code == 0 and re.search(r"^block +parallel$", table.stdout, re.M), table.output
+    (tmp_path / "cfg.json").write_text(ModelConfig(n_layers=3, d_model=48, n_heads=4).to_json())
+    small = json.loads(runner.invoke(app, ["presets", "-c", str(tmp_path / "cfg.json"), "--json"]).stdout)
+    assert small["params"] == sum(p.numel() for p in HookedTransformer(ModelConfig(n_layers=3, d_model=48,
+                                                                                   n_heads=4)).parameters())
+    bad = runner.invoke(app, ["presets", "--config", str(tmp_path / "nope.yaml")])
+    assert bad.exit_code == 1 and "no such config file" in bad.output
+
+
+def test_learned_plus_rope_static_cache_decoding_equals_step_by_step():
+    """`models.decoding` (the default generate path on CUDA) rotates q/k and adds the table."""
+    model = combo(seed=2)
+    prompts = [[3, 4, 5, 6], [7, 8]]
+    slow = generate(model, prompts, max_new_tokens=8, greedy=True, stop_tokens=[], fast=False, return_output=True)
+    fast = generate(model, prompts, max_new_tokens=8, greedy=True, stop_tokens=[], fast=True, return_output=True)
+    assert fast.new_tokens == slow.new_tokens
+    assert len({t for row in slow.new_tokens for t in row}) > 3
