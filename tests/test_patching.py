@@ -155,6 +155,9 @@ def test_tail_forward_equals_model_on_every_preset():
             for offset in (0, 3, 7):
                 got = run.run(2, layer, [], offset)
                 torch.testing.assert_close(got, full.repeat(2, 1, 1), **TOL, msg=f"{name} {layer} {offset}")
+        explicit = run.run(3, 1, [], 2, explicit=True)  # the path stacked ALiBi runs take on CUDA
+        assert {b.attn.last_path for b in model.blocks[1:]} == {"explicit"}
+        torch.testing.assert_close(explicit, full.repeat(3, 1, 1), **TOL)
 
 
 # ------------------------------------------------------------------ metrics and results

@@ -40,11 +40,15 @@ class BaseRun:
                                          return_logits=True, past_kv_cache=self.kv)
 
     def run(self, n_sites: int, layer: int, hooks: list, offset: int = 0, end: Optional[int] = None,
-            stop_after: Optional[int] = None):
+            stop_after: Optional[int] = None, explicit: Optional[bool] = None):
         """Logits (n_sites * B, T, V) of the base prompts tiled `n_sites` times, run from block
         `layer` over positions `offset`..`end` - 1 with `hooks` attached; positions before
         `offset` are the base run's logits, from `end` on NaN (None with `stop_after`: the run
-        ends after that block)."""
+        ends after that block).
+
+        `explicit` (default: ALiBi on CUDA) runs attention on its explicit path: the fused
+        ALiBi path there is FlexAttention compiled for one shape, and stacked runs change the
+        batch size from chunk to chunk (a recompile each)."""
         model, S = self.model, n_sites
         end = self.T if end is None else end
         tile = lambda x: x.repeat(S, *([1] * (x.ndim - 1)))
@@ -67,6 +71,10 @@ class BaseRun:
         mask = None if self.mask is None else tile(self.mask[:, :end])
         ctx = model._context(stream[0].shape[:2], stream[0].device, mask, None, kv)
         last = model.cfg.n_layers - 1 if stop_after is None else stop_after
+        if explicit is None:
+            explicit = model.cfg.positional == "alibi" and stream[0].is_cuda
+        if explicit:  # observing the scores is what takes a layer off the fused path
+            hooks = hooks + [(f"blocks.{i}.attn.hook_attn_scores", _observe) for i in range(layer, last + 1)]
         with model.hooks(fwd_hooks=hooks):
             # the tail of HookedTransformer.forward (tests check both agree on every preset)
             for i in range(layer, last + 1):
@@ -79,6 +87,10 @@ class BaseRun:
             after = logits.new_full((logits.shape[0], self.T - end, logits.shape[2]), float("nan"))
             logits = torch.cat([tile(self.logits[:, :offset]), logits, after], dim=1)
         return logits
+
+
+def _observe(x, hook):
+    return None
 
 
 def bytes_per_row(model, T: int, explicit_layers: int) -> int:
@@ -98,6 +110,7 @@ def rows_per_forward(model, T: int, memory_budget: Optional[int] = None, explici
     patched position); on CPU 24 MiB, where a cache-sized forward is as fast per row as a
     large one."""
     device = model.cfg.device
+    explicit = explicit or (model.cfg.positional == "alibi" and torch.device(device).type == "cuda")
     per_row = bytes_per_row(model, T, explicit)
     if memory_budget is not None:
         return max(1, int(memory_budget // per_row))
