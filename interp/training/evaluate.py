@@ -164,7 +164,7 @@ def exact_match(model: HookedTransformer, pairs: Optional[Sequence[tuple[list[in
 
     if not pairs:
         return {"exact_match": None, "n_generated": 0}
-    learned = model.cfg.positional == "learned"
+    learned = model.cfg.uses_learned_positions  # learned or learned+rope: bounded by n_ctx
     right = 0
     for start in range(0, len(pairs), chunk):
         group = pairs[start : start + chunk]
