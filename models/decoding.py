@@ -208,6 +208,11 @@ def static_cache(model, batch: int, max_len: int, dtype: torch.dtype) -> StaticK
     return cache
 
 
+def release(model) -> None:
+    """Free the static caches kept for `model` (they are reused across `generate` calls)."""
+    _POOLS.pop(model, None)
+
+
 def _cache_dtype(model, device: torch.device) -> torch.dtype:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
@@ -322,5 +327,5 @@ def applies(model, max_new_tokens: int, prompt_width: int) -> bool:
 
 __all__ = [
     "StaticKVCache", "StaticLayerKV", "fast_generate", "compiled_steps", "hooks_attached", "applies",
-    "cache_length", "static_cache",
+    "cache_length", "static_cache", "release",
 ]
