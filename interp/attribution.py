@@ -327,28 +327,26 @@ def attribution_patching(
     scalar = per_prompt.numel() == 1  # a TL-style metric that averages the batch itself
     if scalar and reduce == "none":
         raise ValueError("reduce='none' needs a metric that returns one value per prompt, (batch,)")
-    baseline, source_v = per_prompt.detach(), source_v
-    if reduce == "mean" and not scalar:
-        baseline, source_v = baseline.mean(0, keepdim=True), source_v.mean(0, keepdim=True)
+    per_prompt = per_prompt.detach()
     results = {}
     with torch.no_grad():
         for a in acts:
             sites = grids[a]
-            per_layer = []
-            for l in range(L):
-                est = sum(_reduce_site((source_cache[n] - acts_seen[n].detach()) * grad[n], a, sites.by)
-                          for n in names[a][l])
-                per_layer.append(est)
-            est = torch.stack(per_layer, dim=1).float()  # (batch, layer, ...): per-prompt estimates
+            est = torch.stack([
+                sum(_reduce_site((source_cache[n] - acts_seen[n].detach()) * grad[n], a, sites.by) for n in names[a][l])
+                for l in range(L)
+            ], dim=1).float()  # (batch, layer, ...): each prompt's estimated change
             # a per-prompt metric's gradient holds each prompt's own change; a scalar metric's
-            # gradient already carries its batch average, so the estimates add up
-            est = est.sum(0) if scalar else est.mean(0) if reduce == "mean" else est.movedim(0, -1)
-            cell = baseline[0] if reduce == "mean" or scalar else baseline
-            values = est + cell
+            # gradient already carries its batch average, so the prompts' estimates add up
+            if scalar:
+                effect, base_v, source_c = est.sum(0), per_prompt[0], source_v[0]
+            elif reduce == "mean":
+                effect, base_v, source_c = est.mean(0), per_prompt.mean(), source_v.mean()
+            else:
+                effect, base_v, source_c = est.movedim(0, -1), per_prompt, source_v
             results[a] = labelled(
-                values[None], {metric_name(metric): metric}, False, reduce == "none", sites.index,
-                pos_labels, cell[None], (source_v[0] if reduce == "mean" or scalar else source_v)[None],
-                a, direction, "attribution",
+                (effect + base_v)[None], {metric_name(metric): metric}, False, reduce == "none", sites.index,
+                pos_labels, base_v[None], source_c[None], a, direction, "attribution",
             )
     return results
 
