@@ -41,7 +41,7 @@ def make_batch(batch: int, seq: int, slots: int, vocab: int, latent: int, device
     """Rows: random prompt of varying length, <bot>(=1), `slots` latents, <eot>(=2), random tail;
     right-padded with 0 to `seq`."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, vocab, (batch, seq), generator=g)
+    ids = torch.randint(4, vocab - 1, (batch, seq), generator=g)  # never the latent id (vocab - 1)
     for b in range(batch):
         p = seq // 2 + int(torch.randint(-seq // 8, seq // 8, (1,), generator=g))
         ids[b, p] = 1
@@ -85,7 +85,7 @@ def measure(fns, ids, labels, model, device, dtype, steps: int, warmup: int) -> 
         dt = time.perf_counter() - t0
         if device.type == "cuda":
             peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() - base)
-        losses[name] = float(loss)
+        losses[name] = float(loss.detach())
         return dt
 
     for _ in range(warmup):
@@ -108,6 +108,24 @@ def measure(fns, ids, labels, model, device, dtype, steps: int, warmup: int) -> 
     return out
 
 
+def profile(fn, ids, labels, device, dtype, rows: int = 12) -> str:
+    """The ops of one step that take the most time (self time, device or host)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with torch_profile(activities=acts) as prof:
+        with amp:
+            loss = fn(ids, labels)
+        loss.backward()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)
+    print(table, file=sys.stderr)
+    return table
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="tiny CPU run of the same code path")
@@ -121,6 +139,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--shapes", default="", help="extra points 'layers:d_model:batch,...'")
+    p.add_argument("--profile", action="store_true", help="print the top ops of one KV-cached step per shape")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not a.small else "cpu")
@@ -140,7 +159,10 @@ def main(argv=None):
                              n_ctx=max(a.seq, 128), pad_token_id=0).to(device)
         latent = a.vocab - 1
         ids, labels = make_batch(B, a.seq, a.slots, a.vocab, latent, device)
-        res = measure(step_fns(model, latent), ids, labels, model, device, dtype, a.steps, a.warmup)
+        fns = step_fns(model, latent)
+        res = measure(fns, ids, labels, model, device, dtype, a.steps, a.warmup)
+        if a.profile:
+            res["profile"] = profile(fns["kv_multipass"], ids, labels, device, dtype)
         res.update(layers=L, d_model=d, batch=B, seq=a.seq, slots=a.slots, vocab=a.vocab, preset=a.preset,
                    params=sum(p.numel() for p in model.parameters()))
         results.append(res)
