@@ -8,7 +8,9 @@
 Per config and sweep, the two contenders run interleaved for `--repeats` rounds (after a
 warm-up) and the best (minimum) time of each is kept. TL runs at its best: under
 `torch.no_grad()` (its sweep otherwise records autograd graphs). Both return the metric of every
-patched run; `max_abs_diff` is the largest difference between them (fp32).
+patched run; `max_abs_diff` is the largest difference between them (fp32). On CPU the rows also
+give the process's CPU time (`*_cpu_s`, `cpu_speedup`; one thread), which a busy shared machine
+disturbs less than wall-clock time.
 
 Configs: `add3_none` (the shipped 4-layer d_model-128 arithmetic checkpoint, 8 problems of 45
 tokens; the metric reads the first answer digit, 5 tokens before the end), `add3_none-1pair`
@@ -89,11 +91,12 @@ def configs(device: torch.device, small: bool):
 
 
 def timed(fn, device):
+    """(wall seconds, this process's CPU seconds, result)."""
     sync(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
     sync(device)
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def bench(name, model, clean, corrupted, metric, sweeps, repeats, device):
@@ -119,17 +122,22 @@ def bench(name, model, clean, corrupted, metric, sweeps, repeats, device):
             return out.permute(*perm) if perm else out
 
         ours_fn()  # warm-up (this sweep's shapes)
-        t_ours, t_tl = [], []
+        t_ours, t_tl, c_ours, c_tl = [], [], [], []
         for _ in range(repeats):
-            dt, ours = timed(ours_fn, device)
+            dt, dc, ours = timed(ours_fn, device)
             t_ours.append(dt)
-            dt, theirs = timed(theirs_fn, device)
+            c_ours.append(dc)
+            dt, dc, theirs = timed(theirs_fn, device)
             t_tl.append(dt)
-        rows.append(dict(
+            c_tl.append(dc)
+        row = dict(
             config=name, sweep=key, act=act, by=by, sites=int(ours.numel()), batch=int(clean.shape[0]),
             pos=int(clean.shape[1]), tl_s=min(t_tl), ours_s=min(t_ours), speedup=min(t_tl) / min(t_ours),
             max_abs_diff=float((ours.float().cpu() - theirs.float().cpu()).abs().max()),
-        ))
+        )
+        if device.type == "cpu":  # CPU time of this (single-threaded) process: robust to a busy machine
+            row.update(tl_cpu_s=min(c_tl), ours_cpu_s=min(c_ours), cpu_speedup=min(c_tl) / min(c_ours))
+        rows.append(row)
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -150,11 +158,15 @@ def main(argv=None):
     for name, model, clean, corrupted, metric, sweeps in configs(device, args.small):
         rows += bench(name, model, clean, corrupted, metric, sweeps, repeats, device)
     total_tl, total_ours = sum(r["tl_s"] for r in rows), sum(r["ours_s"] for r in rows)
+    total = dict(tl_s=total_tl, ours_s=total_ours, speedup=total_tl / total_ours)
+    if device.type == "cpu":
+        cpu_tl, cpu_ours = sum(r["tl_cpu_s"] for r in rows), sum(r["ours_cpu_s"] for r in rows)
+        total.update(tl_cpu_s=cpu_tl, ours_cpu_s=cpu_ours, cpu_speedup=cpu_tl / cpu_ours)
     result = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__, threads=torch.get_num_threads() if device.type == "cpu" else None,
         repeats=repeats, rows=rows,
-        total=dict(tl_s=total_tl, ours_s=total_ours, speedup=total_tl / total_ours),
+        total=total,
         max_abs_diff=max(r["max_abs_diff"] for r in rows),
     )
     text = json.dumps(result, indent=2)
