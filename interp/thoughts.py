@@ -40,8 +40,10 @@ __all__ = ["load", "latent_batch", "LatentBatch", "pass_caches", "PassCaches", "
 
 
 # ============================================================================ loading, inputs
-def load(path, device: Union[str, torch.device] = "cpu"):
-    """(reasoner, tokenizer, staged task) of a checkpoint trained with `train.trainer: coconut`."""
+def load(path, device: Union[str, torch.device] = "cpu", task_overrides: Optional[dict] = None):
+    """(reasoner, tokenizer, staged task) of a checkpoint trained with `train.trainer: coconut`.
+    `task_overrides` change task options, e.g. `{"n_train": 0}`: test and val examples are
+    drawn before train, so they stay the same while loading skips building the train split."""
     from . import checkpoint as ckpt_lib
     from .tasks import make_task
     from .training.coconut import StagedTask, coconut_options
@@ -53,7 +55,7 @@ def load(path, device: Union[str, torch.device] = "cpu"):
         raise ValueError(f"{path}: not a Coconut run (train.trainer={train.get('trainer')!r}); "
                          "train one with train.trainer: coconut")
     options = coconut_options(train.get("coconut"))
-    staged = StagedTask(make_task(**meta["task"]), options)
+    staged = StagedTask(make_task(**{**meta["task"], **(task_overrides or {})}), options)
     model.eval()
     return LatentReasoner(model, staged.latent_id, thought=options["thought"]), tokenizer, staged
 

@@ -1,0 +1,182 @@
+"""models.thoughts: the KV-cached multi-pass latent forward against the naive full recompute
+(every positional scheme, both streams, left and right padding, rows with different latent
+counts at different offsets; logits, thoughts and gradients), hooks per pass, generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import presets
+from models.thoughts import LatentReasoner, latent_forward_naive, plan_latents, trunk
+
+LATENT = 9
+VOCAB = 24
+ATOL = 1e-5
+
+
+def model_for(preset: str, positional: str, **kw):
+    torch.manual_seed(0)
+    model = presets.make(preset, "tiny", d_vocab=VOCAB, positional=positional, pad_token_id=0, n_layers=2, **kw)
+    with torch.no_grad():  # larger than init scale, so that a wrong thought shows in the logits
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.mul_(4.0)
+    return model
+
+
+def ragged_batch():
+    """Three rows: 3 slots at 4..6, 2 slots at 8..9, none; every other token random."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, VOCAB, (3, 15), generator=g)
+    ids[0, 4:7] = LATENT
+    ids[1, 8:10] = LATENT
+    return ids
+
+
+CASES = [(preset, pos) for preset in ("vanilla", "factored") for pos in ("learned", "rope", "alibi", "none")]
+
+
+@pytest.mark.parametrize("preset,positional", CASES, ids=[f"{p}-{q}" for p, q in CASES])
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_multipass_equals_naive_recompute(preset, positional, padding):
+    model = model_for(preset, positional)
+    ids = ragged_batch()
+    mask = None
+    if padding == "left":  # rows 1 and 2 start later (left padding, masked)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        mask[1, :2] = False
+        mask[2, :5] = False
+        ids = ids.masked_fill(~mask, 0)
+    else:  # right padding, unmasked as in training batches (pads come after every real token)
+        ids[2, 12:] = 0
+    reasoner = LatentReasoner(model, LATENT)
+    logits = reasoner(ids, attention_mask=mask)
+    ref_logits, ref_thoughts = latent_forward_naive(model, ids, LATENT, attention_mask=mask)
+    real = mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)
+    assert (logits - ref_logits).abs()[real].max() < ATOL
+    assert reasoner.thoughts.shape == (3, 3, model.cfg.d_model)
+    assert (reasoner.thoughts - ref_thoughts).abs().max() < ATOL
+    assert reasoner.plan.n_passes == 4  # max slots + 1
+    # the thoughts matter: the same batch with plain <latent> embeddings differs
+    assert (model(ids, attention_mask=mask) - logits).abs()[real].max() > 1e-2
+
+
+@pytest.mark.parametrize("preset,positional", [("math-compact", "rope"), ("factored-alibi", "alibi"),
+                                               ("sasp", "learned"), ("llama-like", "rope"), ("gptj", "rope")])
+def test_gradients_equal_naive(preset, positional):
+    model = model_for(preset, positional)
+    ids = ragged_batch()
+    labels = ids.masked_fill(ids == LATENT, -100)
+    reasoner = LatentReasoner(model, LATENT)
+    reasoner(ids, labels=labels, return_type="loss").backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    logits, _ = latent_forward_naive(model, ids, LATENT)
+    model.loss_fn(logits, labels).backward()
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(ours[name], p.grad, atol=ATOL, rtol=1e-4), name
+
+
+def test_gradient_reaches_the_first_thought():
+    """The loss after the slots depends on thought 0 (the hidden state at <bot>) through every pass."""
+    model = model_for("vanilla", "rope")
+    ids = ragged_batch()[:1]
+    seen = []
+    reasoner = LatentReasoner(model, LATENT)
+
+    def keep(t, hook):
+        if reasoner.pass_index == 1:
+            t.retain_grad()
+            seen.append(t)
+        return t
+
+    with reasoner.hooks(fwd_hooks=[("hook_thought", keep)]):
+        loss = reasoner(ids, labels=ids.masked_fill(ids == LATENT, -100), return_type="loss")
+    loss.backward()
+    assert seen and seen[0].grad is not None and seen[0].grad.abs().sum() > 0
+
+
+def test_every_position_is_computed_once_and_hooks_see_the_pass():
+    model = model_for("vanilla", "learned")
+    ids = ragged_batch()
+    reasoner = LatentReasoner(model, LATENT)
+    widths, thoughts = {}, []
+
+    def resid(t, hook):
+        widths.setdefault(reasoner.pass_index, t.shape[1])
+
+    def thought(t, hook):
+        thoughts.append((reasoner.pass_index, tuple(t.shape)))
+
+    with reasoner.hooks(fwd_hooks=[("blocks.1.hook_resid_post", resid), ("hook_thought", thought)]):
+        reasoner(ids)
+    plan = reasoner.plan
+    # row 1's first slot (8) is aligned with row 0's (4 -> shifted by 4): 15 + 4 columns in all
+    assert plan.first_slot == 8 and plan.shift.tolist() == [4, 0, 0] and plan.width == 19
+    assert widths == {p: c1 - c0 for p, (c0, c1) in enumerate(plan.passes)}
+    assert sum(widths.values()) == plan.width
+    assert thoughts == [(1, (3, 1, model.cfg.d_model)), (2, (3, 1, model.cfg.d_model)), (3, (3, 1, model.cfg.d_model))]
+
+
+def test_patching_a_thought_through_hook_thought():
+    model = model_for("math-compact", "rope")
+    ids = ragged_batch()[:1]
+    reasoner = LatentReasoner(model, LATENT)
+    clean = reasoner(ids)
+    zero = lambda t, hook: torch.zeros_like(t) if reasoner.pass_index == 2 else t  # noqa: E731
+    with reasoner.hooks(fwd_hooks=[("hook_thought", zero)]):
+        patched = reasoner(ids)
+    assert torch.equal(patched[:, :5], clean[:, :5])  # before slot 1 (position 5): untouched
+    assert (patched[:, 5:] - clean[:, 5:]).abs().max() > 1e-3
+    assert reasoner.thoughts[0, 1].abs().max() == 0
+
+
+def test_trunk_is_forward_up_to_the_final_norm():
+    model = model_for("factored-alibi", "alibi")
+    ids = ragged_batch()
+    captured = []
+    handle = model.ln_final.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    model(ids)
+    handle.remove()
+    assert torch.equal(trunk(model, model.embed(ids)), captured[0])
+
+
+def test_plan_refuses_bad_layouts():
+    ids = ragged_batch()
+    gap = ids.clone()
+    gap[0, 8] = LATENT
+    with pytest.raises(ValueError, match="contiguous"):
+        plan_latents(gap, LATENT)
+    first = ids.clone()
+    first[2, 0] = LATENT
+    with pytest.raises(ValueError, match="no real token before it"):
+        plan_latents(first, LATENT)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        LatentReasoner(model_for("vanilla", "rope"), VOCAB + 3)
+
+
+@pytest.mark.parametrize("eot", [None, 3])
+def test_generate_matches_the_forward(eot):
+    """Greedy generation after n thoughts = the argmax of the latent forward on the same layout,
+    token by token; prompts of different lengths in one batch."""
+    model = model_for("llama-like", "rope").eval()
+    reasoner = LatentReasoner(model, LATENT)
+    prompts = [[11, 12, 13, 1], [14, 15, 1]]
+    out = reasoner.generate(prompts, n_latents=3, max_new_tokens=4, eot_token_id=eot, stop_tokens=[])
+    for prompt, new, thoughts in zip(prompts, out.new_tokens, out.thoughts):
+        seq = prompt + [LATENT] * 3 + ([eot] if eot is not None else [])
+        for tok in new:
+            with torch.no_grad():
+                nxt = int(reasoner(torch.tensor([seq]))[0, -1].argmax())
+            assert nxt == tok
+            seq.append(tok)
+        with torch.no_grad():
+            reasoner(torch.tensor([prompt + [LATENT] * 3]))
+        assert torch.allclose(reasoner.thoughts[0], thoughts, atol=ATOL)
+
+
+def test_run_with_cache_points_to_pass_caches():
+    with pytest.raises(NotImplementedError, match="pass_caches"):
+        LatentReasoner(model_for("vanilla", "rope"), LATENT).run_with_cache(ragged_batch())
