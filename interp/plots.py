@@ -279,15 +279,16 @@ def head_score_heatmap(scores, name: str = "score", title: Optional[str] = None,
 def metric_curves(series: dict, title: str = "", step: Optional[int] = None, log_y: bool = False,
                   checkpoint_steps: Optional[Sequence[int]] = None, yaxis_title: str = "") -> go.Figure:
     """Training curves: `series` maps a name to (steps, values); one line each. `step` draws
-    a vertical line (the checkpoint on show); `checkpoint_steps` puts a clickable marker on
-    each line at the steps that have a checkpoint (their points carry `customdata` = step)."""
+    a vertical line (the checkpoint on show); `checkpoint_steps` puts an open circle on each
+    line at the steps that have a checkpoint (their points carry `customdata` = step). Every
+    point is selectable (a click emits a selection event with its step as x)."""
     fig = go.Figure()
     marks = sorted(set(int(s) for s in checkpoint_steps)) if checkpoint_steps is not None else []
     for i, (name, (xs, ys)) in enumerate(series.items()):
         xs, ys = list(xs), list(ys)
         color = _COLORS[i % len(_COLORS)]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, line=dict(color=color, width=1.6),
-                                 hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(color=color, width=1.6),
+                                 marker=dict(size=3), hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>"))
         if marks and xs:
             at = [min(range(len(xs)), key=lambda j: abs(xs[j] - m)) for m in marks]
             fig.add_trace(go.Scatter(x=[xs[j] for j in at], y=[ys[j] for j in at], customdata=marks, mode="markers",

@@ -450,10 +450,10 @@ def test_training_page_and_step_slider(app, ckpts):
     titles = {f["layout"]["title"]["text"]: f for f in figs.values()}
     assert {"loss", "token_acc", "induction", "restricted_loss", "grad_norm"} <= set(titles)
     loss = titles["loss"]
-    names = [t["name"] for t in loss["data"] if t.get("mode") == "lines"]
+    names = [t["name"] for t in loss["data"] if t.get("mode") == "lines+markers"]
     assert names == ["train/loss", "eval:val/loss"] and loss["layout"]["yaxis"]["type"] == "log"
     assert loss["data"][0]["y"] == pytest.approx([3.0, 1.5, 1.0])
-    induction = [t["name"] for t in titles["induction"]["data"] if t.get("mode") == "lines"]
+    induction = [t["name"] for t in titles["induction"]["data"] if t.get("mode") == "lines+markers"]
     assert induction == ["progress/induction[0][0]", "progress/induction[0][1]", "progress/induction[1][0]",
                          "progress/induction[1][1]"]
     assert loss["layout"]["shapes"][0]["x0"] == 300  # the step on show

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from app_fixtures import make_checkpoints  # tests/ is on sys.path (rootdir conftest)
+from app_fixtures import make_checkpoints, make_run  # tests/ is on sys.path (rootdir conftest)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -92,15 +92,20 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def make_driver(profile: str) -> "webdriver.Chrome":
+def make_driver(profile: str, downloads: str | None = None) -> "webdriver.Chrome":
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"):
         opts.add_argument(flag)
+    if downloads:
+        opts.add_experimental_option("prefs", {"download.default_directory": downloads,
+                                               "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(WAIT)
+    if downloads:
+        driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
     return driver
 
 
@@ -205,16 +210,19 @@ def served(tmp_path_factory):
     assert _have_browser, f"CI is set but {CHROMIUM} / {CHROMEDRIVER} are missing: run `make browser-deps`"
     root = tmp_path_factory.mktemp("browser_ckpts")
     ckpts = make_checkpoints(root, names=("shakespeare_factored_alibi",), broken=False)
+    ckpts["add3_run"] = make_run(root, "add3_run")
     port = free_port()
     log_path = root / "streamlit.log"
     log = open(log_path, "w")
     proc = start_server(root, port, log)
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    downloads = root / "downloads"
+    downloads.mkdir()
     driver = None
     try:
         wait_http(port, proc)
-        driver = make_driver(profile)
-        yield dict(driver=driver, base=f"http://127.0.0.1:{port}/", ckpts=ckpts, log=log_path)
+        driver = make_driver(profile, str(downloads))
+        yield dict(driver=driver, base=f"http://127.0.0.1:{port}/", ckpts=ckpts, log=log_path, downloads=downloads)
     finally:
         if driver is not None:
             driver.quit()
@@ -339,3 +347,56 @@ def test_token_view_shades_by_attention(served, shots):
     spans[3].click()
     WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("pos") == "3")
     assert not errors(d)
+
+
+def _downloaded(folder: Path, suffix: str, before: set) -> Path:
+    def done(_):
+        new = [p for p in folder.glob(f"*{suffix}") if p not in before]
+        return new[0] if new else None
+    return WebDriverWait(None, WAIT, poll_frequency=0.1).until(done)
+
+
+def test_exports_download_data_and_figures(served):
+    d, base, folder = served["driver"], served["base"], served["downloads"]
+    load(d, base + "?" + urllib.parse.urlencode(dict(page="attention", prompt="To be, or not")))
+    for label, suffix, head in (("CSV", ".csv", b'query\\key,"0:<bos>"'), ("SVG", ".svg", b"<svg"), ("PNG", ".png", b"\x89PNG")):
+        before = set(folder.iterdir())
+        d.execute_script("[...document.querySelectorAll('.ix-export button')].find(b => b.textContent === arguments[0]).click()",
+                         label)
+        f = _downloaded(folder, suffix, before)
+        assert f.read_bytes().startswith(head), (label, f.read_bytes()[:40])
+    # the Export menu under the head scores: the table as CSV, the score map as SVG (plotly's own export)
+    menus = [b for b in d.find_elements(By.CSS_SELECTOR, '[data-testid="stPopoverButton"]')
+             if b.is_displayed() and b.text.startswith("Export")]
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", menus[1])
+    menus[1].click()
+    WebDriverWait(d, WAIT).until(lambda dr: dr.find_elements(By.CSS_SELECTOR, '[data-testid="stPopoverBody"] button'))
+    before = set(folder.iterdir())
+    csv = next(b for b in d.find_elements(By.CSS_SELECTOR, '[data-testid="stPopoverBody"] button') if b.text.strip() == "CSV")
+    csv.click()
+    f = _downloaded(folder, ".csv", before)
+    assert "prev_token" in f.read_text().splitlines()[0] and len(f.read_text().splitlines()) == 1 + 2 * 4
+    before = set(folder.iterdir())
+    d.find_element(By.CSS_SELECTOR, '.ix-figexport button[data-format="svg"]').click()
+    f = _downloaded(folder, ".svg", before)
+    assert f.read_text().startswith("<svg") and "prev_token" in f.read_text()
+    assert not errors(d)
+
+
+def test_training_curves_pick_a_checkpoint(served, shots):
+    d, base = served["driver"], served["base"]
+    load(d, base + "?ckpt=add3_run&page=training", attention=False)
+    assert query(d)["step"] == "300"
+    chart = d.find_element(By.CSS_SELECTOR, ".st-key-train_0")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+    # the open circles mark the run's checkpoints; click the one at step 100
+    WebDriverWait(d, WAIT).until(lambda dr: dr.find_elements(By.CSS_SELECTOR, ".st-key-train_0 .scatterlayer .trace .point"))
+    marker = d.execute_script("""const gd = document.querySelector('.st-key-train_0 .js-plotly-plot');
+        const i = gd.data.findIndex(t => t.mode === 'markers');
+        return gd.querySelectorAll('.scatterlayer .trace')[i].querySelectorAll('.point')[0];""")
+    ActionChains(d).move_to_element(marker).click().perform()
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("step") == "100")
+    wait_settled(d)
+    assert any("step 100" in c.text for c in d.find_elements(By.CSS_SELECTOR, '[data-testid="stCaptionContainer"]'))
+    assert not errors(d)
+    d.save_screenshot(str(shots / "explorer_training.png"))
