@@ -113,11 +113,17 @@ def loss_per_position(model, ids: Int[torch.Tensor, "n"], context: int, *, bos: 
         model.train(was)
 
 
-def icl_score(per_position: Float[torch.Tensor, "pos"], late: int = 500, early: int = 50) -> float:
+def icl_score(per_position: Float[torch.Tensor, "pos"], late: int = 500, early: int = 50, band: int = 10) -> float:
     """In-context-learning score (Olsson et al. 2022): loss at token `late` minus loss at token
-    `early` (negative: later tokens are predicted better thanks to the context). `late` is
-    clipped to the last position available."""
-    late = min(late, len(per_position) - 1)
-    if early >= late:
-        raise ValueError(f"need early ({early}) < late ({late}); use a longer context")
-    return float(per_position[late] - per_position[early])
+    `early` (negative: later tokens are predicted better thanks to the context), each the mean
+    over positions within `band` of it (one position's mean over a few windows is noisy).
+    `late` is clipped to the last position available."""
+    n = len(per_position)
+    late = min(late, n - 1 - band)
+    if early + band >= late - band:
+        raise ValueError(f"need early ({early}) + band < late ({late}) - band ({band}); use a longer context")
+
+    def around(t: int) -> float:
+        return float(per_position[max(0, t - band) : t + band + 1].mean())
+
+    return around(late) - around(early)

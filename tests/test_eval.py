@@ -55,7 +55,8 @@ def test_per_position_and_icl_score():
     pp = ev.loss_per_position(model, ids, 40, bos=1)
     wins = naive_window_losses(model, ids, 40, 39, 1)
     torch.testing.assert_close(pp, torch.stack(wins).mean(0), rtol=1e-5, atol=1e-6)
-    assert ev.icl_score(pp, late=30, early=5) == pytest.approx(float(pp[30] - pp[5]))
+    assert ev.icl_score(pp, late=30, early=5, band=0) == pytest.approx(float(pp[30] - pp[5]))
+    assert ev.icl_score(pp, late=30, early=5, band=2) == pytest.approx(float(pp[28:33].mean() - pp[3:8].mean()))
     with pytest.raises(ValueError, match="early"):
         ev.icl_score(pp[:10])
 
