@@ -383,6 +383,11 @@ function draw(S) {
   drawOverlay(S);
   buildTokens(S);
   drawTokenShades(S);
+  if (S.cur.pos >= 0 && S.cur.pos !== S.scrolledTo && S.spans.length) { // keep the pinned token in view
+    const span = S.spans[0].spans[S.cur.pos], box = S.tokens;
+    if (span) box.scrollTop = Math.max(0, span.offsetTop - box.offsetTop - box.clientHeight / 2);
+    S.scrolledTo = S.cur.pos;
+  }
   S.cur = cur;
   drawGrid(S);
   S.host.classList.toggle("ix-wait", waiting);

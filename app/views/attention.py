@@ -39,10 +39,13 @@ def _select_head(layer: int, head: int) -> None:
 
 def render(ctx: Ctx) -> None:
     view, cfg = ctx.view, ctx.cfg
-    p = ctx.prompt()
+    c1, c2 = st.columns([4, 1.3])
+    with c1:
+        p = ctx.prompt()
     ids, T = p.ids, len(p)
     L, H = cfg.n_layers, cfg.n_heads
-    layer = layer_picker(ctx, "Layer (heads switch in the browser: buttons, thumbnails, or the score map)")
+    layer = layer_picker(ctx, container=c2)
+    c2.caption("Heads switch in the browser: the H buttons, a thumbnail, or a cell of the score map.")
     head = ctx.head()
     mode, direction, scale = (view.choice("mode", MODES), view.choice("dir", DIRS), view.choice("scale", SCALES))
     pos = ctx.pos(T, -1)
