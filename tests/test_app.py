@@ -408,7 +408,8 @@ def test_compare_page(app, ckpts):
     assert at.query_params.get_all("cmp") if hasattr(at.query_params, "get_all") else at.query_params["cmp"] == \
         ["add3_none", "add3_mask_answer"]
     assert len(components(at, "strip")) == 2
-    assert set(exports(at)["compare_attn_export"][1]) == {"attention_add3_none", "attention_add3_mask_answer", "tokens"}
+    assert set(exports(at)["compare_attn_export"][1]) == {"attention_add3_none", "attention_add3_mask_answer", "tokens",
+                                                          "answer_to_step_add3_none", "answer_to_step_add3_mask_answer"}
 
 
 def test_compare_refuses_a_different_tokenizer_and_compares_text_models(app):
@@ -457,6 +458,7 @@ def test_training_page_and_step_slider(app, ckpts):
     assert induction == ["progress/induction[0][0]", "progress/induction[0][1]", "progress/induction[1][0]",
                          "progress/induction[1][1]"]
     assert loss["layout"]["shapes"][0]["x0"] == 300  # the step on show
+    assert not any("note" in t or "/ok" in t for t in titles)  # text and booleans are not series
     at.toggle(key="w.logy").set_value(False).run()
     ok(at)
     assert "type" not in {f["layout"]["title"]["text"]: f for f in charts(at).values()}["loss"]["layout"].get("yaxis", {})

@@ -214,4 +214,5 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
                   f"compare_a2s_{i}", container=col)
     export("compare_attention", key="compare_attn_export",
            charts=[f"compare_attn_{i}" for i in range(n)] + ([f"compare_a2s_{i}" for i in range(n)] if a2s else []),
-           arrays=lambda: {f"attention_{n}": data.attention(c.key, ids) for n, c in zip(names, cks)} | {"tokens": np.array(ids)})
+           arrays=lambda: {f"attention_{n}": data.attention(c.key, ids) for n, c in zip(names, cks)}
+           | ({f"answer_to_step_{n}": a for n, a in zip(names, a2s)} if a2s else {}) | {"tokens": np.array(ids)})

@@ -51,8 +51,8 @@ def render(ctx: Ctx) -> None:
                                 selected_pos=pos, clickable=True)
         chart(fig.update_layout(height=h), "streams_xtxe", on_point=lambda pt: _pick_cell(T, pt), container=c2)
         tables.update(xt=n.xt, xe=n.xe)
-        figs.add("streams_xtxe")
-    export(f"{name}_stream_norms", key="streams_norms", charts=[k for k in ("streams_resid", "streams_xtxe") if k in figs],
+        figs.update({"streams_factored", "streams_xtxe"})
+    export(f"{name}_stream_norms", key="streams_norms", charts=[k for k in ("streams_resid", "streams_factored", "streams_xtxe") if k in figs],
            arrays=lambda: {k: np.asarray(v) for k, v in tables.items()} | {"tokens": np.array(ids)},
            table=lambda: pd.concat({k: labelled(np.asarray(v), n.layer_names, p.labels) for k, v in tables.items()}))
 
