@@ -1,60 +1,5 @@
-"""Tokenizers: one small wrapper over HF `tokenizers`, saved as a standard `tokenizer.json`.
-
-```python
-from interp.tokenizers import char_tokenizer, arithmetic_tokenizer, bpe_tokenizer, load_tokenizer
-tok = char_tokenizer(open("data/tinyshakespeare.txt").read())
-ids = tok.encode("To be, or not to be")        # no specials unless add_special_tokens=True
-assert tok.decode(ids) == "To be, or not to be"
-tok.save("runs/x")                             # -> runs/x/tokenizer.json
-tok = load_tokenizer("runs/x")
-```
-
-Four builders, all on `tokenizers.Tokenizer`, so the file any checkpoint carries is an
-ordinary `tokenizer.json` (HF `transformers` reads it through `to_transformers()`):
-
-- `char_tokenizer(corpus)`: WordLevel over every distinct character of the corpus; the
-  pre-tokenizer splits text into single characters (`Split([\\s\\S], isolated)`) and the
-  decoder fuses them, so `decode(encode(s)) == s` exactly (spaces, tabs, newlines).
-- `arithmetic_tokenizer()`: the same character machinery over a fixed vocabulary
-  (`ARITHMETIC_SPECIALS`, digits, `ARITHMETIC_SYMBOLS`); identical for every arithmetic task,
-  so checkpoints trained on different digit counts or formats share token ids.
-- `word_tokenizer(words)`: WordLevel over whitespace-separated symbols (modular arithmetic,
-  induction); decoding joins tokens with single spaces.
-- `bpe_tokenizer(corpus, vocab_size)`: byte-level BPE trained locally; every string is
-  encodable (all 256 bytes are in the base alphabet) and decoding is exact.
-
-Special tokens are HF "added tokens" (`special: true`): the strings `<bos>`, `<bot>`, ...
-inside a text encode to their single ids, and `skip_special_tokens=True` drops them on
-decoding. Their roles are found from their names (`<pad> <bos> <eos> <bot> <eot> <unk>`;
-HF spellings such as `[PAD]`, `<s>`, `</s>`, `[UNK]` are recognised on files made elsewhere).
-
-Unknown input never becomes a silent wrong id: a WordLevel tokenizer built without an
-`<unk>` raises `UnknownTokenError` naming the character (or word) and its position; one built
-with `unk="<unk>"` maps unknowns to that declared id. Ids outside the vocabulary raise on
-`decode` / `convert_ids_to_tokens` (HF would skip them silently).
-
-`add_special_tokens=True` prepends `<bos>` (no `<eos>`: the usual use is a prompt to continue);
-it is a `TemplateProcessing` post-processor stored in the file, so HF sees the same.
-
-Pretrained tokenizers: `load_tokenizer` also reads any local `tokenizer.json` made elsewhere
-and any `transformers` tokenizer directory (a saved `PreTrainedTokenizerFast`, or slow files
-such as GPT-2's `vocab.json` + `merges.txt`, converted by `AutoTokenizer`); the roles declared
-in its `tokenizer_config.json` (`bos_token`, `eos_token`, ...) win over name detection.
-`Tokenizer.from_transformers(hf_tokenizer)` wraps one already loaded.
-
-Chat templates (Jinja, rendered exactly as `transformers` renders them):
-
-```python
-tok.set_chat_template()                        # the shipped ChatML template; adds <|im_start|> <|im_end|>
-ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
-tok.save("runs/x")                             # tokenizer.json + chat_template.jinja (HF's file name)
-tok.to_transformers().apply_chat_template(...) # the same ids
-```
-
-A template travels beside `tokenizer.json` as `chat_template.jinja` (tokenizer.json itself has
-no slot for it), so it is part of every checkpoint and of `save_pretrained` output; the
-special-token roles travel as a `tokenizer_config.json` in HF's format.
-"""
+"""`Tokenizer`: the wrapper over a `tokenizers.Tokenizer` (roles, encode / decode with named
+errors, chat templates, files), and `load_tokenizer`. See the package docstring."""
 
 from __future__ import annotations
 
@@ -63,45 +8,15 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
-from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-__all__ = [
-    "Tokenizer",
-    "UnknownTokenError",
-    "TokenizerFileError",
-    "char_tokenizer",
-    "arithmetic_tokenizer",
-    "word_tokenizer",
-    "bpe_tokenizer",
-    "load_tokenizer",
-    "ARITHMETIC_SPECIALS",
-    "ARITHMETIC_SYMBOLS",
-    "DEFAULT_SPECIALS",
-    "TOKENIZER_FILE",
-    "CHAT_TEMPLATE_FILE",
-    "DEFAULT_CHAT_TEMPLATE",
-    "CHAT_TOKENS",
-]
+from . import chat
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own file name for it
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-# ChatML (as in Qwen / SmolLM), after <bos> when the tokenizer has one
-DEFAULT_CHAT_TEMPLATE = (
-    "{%- if bos_token %}{{ bos_token }}{% endif %}"
-    "{%- for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-CHAT_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")  # what DEFAULT_CHAT_TEMPLATE needs
-DEFAULT_SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>")
-ARITHMETIC_SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<bot>", "<eot>")
-# operators, answer marker, and the scratchpad separators (see interp.tasks.arithmetic)
-ARITHMETIC_SYMBOLS: tuple[str, ...] = ("+", "-", "*", "=", ";", ",", "|")
 
 # role -> accepted spellings (ours first)
 ROLE_NAMES: dict[str, tuple[str, ...]] = {
@@ -360,14 +275,7 @@ class Tokenizer:
     @chat_template.setter
     def chat_template(self, template: Optional[str]) -> None:
         if template is not None:
-            import jinja2
-
-            if not isinstance(template, str):
-                raise TypeError(f"chat_template must be a str, got {type(template).__name__}")
-            try:
-                jinja2.Environment().parse(template)
-            except jinja2.TemplateSyntaxError as err:
-                raise ValueError(f"chat_template is not valid Jinja (line {err.lineno}: {err.message})") from None
+            chat.check_template(template)
         self._chat_template = template
 
     def set_chat_template(self, template: Optional[str] = None, special_tokens: Optional[Sequence[str]] = None
@@ -377,8 +285,8 @@ class Tokenizer:
         `CHAT_TOKENS` for the shipped template). New tokens take the next free ids, so call this
         before building the model (its `d_vocab` is `vocab_size`). Returns self."""
         if template is None:
-            template = DEFAULT_CHAT_TEMPLATE
-            special_tokens = CHAT_TOKENS if special_tokens is None else special_tokens
+            template = chat.DEFAULT_CHAT_TEMPLATE
+            special_tokens = chat.CHAT_TOKENS if special_tokens is None else special_tokens
         missing = [t for t in (special_tokens or ()) if t not in self._vocab]
         if missing:
             self._hf.add_special_tokens(missing)
@@ -403,18 +311,8 @@ class Tokenizer:
         if template is None:
             raise ValueError("this tokenizer has no chat template: call set_chat_template() (the shipped ChatML "
                              "template) or set_chat_template(your_jinja_string) first")
-        if not messages:
-            raise ValueError("cannot apply a chat template to an empty conversation")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or "role" not in m:
-                raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        conversation = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        rendered, _ = render_jinja_template(
-            conversations=[conversation], chat_template=template, add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message, **{**self.special_tokens_map(), **kwargs})
-        text = rendered[0]
+        text = chat.render(template, messages, add_generation_prompt=add_generation_prompt,
+                           continue_final_message=continue_final_message, **{**self.special_tokens_map(), **kwargs})
         return self.encode(text) if tokenize else text
 
     # ------------------------------------------------------------------ files
@@ -549,119 +447,6 @@ def _as_list(ids) -> list:
         return [ids]
     return list(ids)
 
-
-# ---------------------------------------------------------------------- builders
-def _check_specials(specials: Sequence[str], unk: Optional[str]) -> list[str]:
-    out = list(specials)
-    if unk is not None and unk not in out:
-        out.append(unk)
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate special tokens in {out}")
-    for s in out:
-        if not isinstance(s, str) or not s:
-            raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
-    return out
-
-
-def _finish(hf: HFTokenizer, specials: Sequence[str]) -> Tokenizer:
-    if specials:
-        hf.add_special_tokens(list(specials))
-    vocab = hf.get_vocab(with_added_tokens=True)
-    if "<bos>" in vocab:
-        hf.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-        )
-    tok = Tokenizer(hf)
-    if sorted(vocab.values()) != list(range(len(vocab))):
-        raise AssertionError(f"token ids are not contiguous: {sorted(vocab.values())}")
-    return tok
-
-
-def _char_level(symbols: Sequence[str], specials: Sequence[str], unk: Optional[str]) -> Tokenizer:
-    """WordLevel over single characters; `specials` take ids 0..k-1 (in order), then `symbols`."""
-    specials = _check_specials(specials, unk)
-    for s in symbols:
-        if len(s) != 1:
-            raise ValueError(f"character tokenizer symbols must be single characters, got {s!r}")
-        if s in specials:
-            raise ValueError(f"{s!r} is both a special token and a character")
-    vocab: dict[str, int] = {}
-    for s in list(specials) + list(symbols):
-        vocab.setdefault(s, len(vocab))
-    hf = HFTokenizer(models.WordLevel(vocab, unk_token=unk if unk is not None else _NO_UNK))
-    hf.pre_tokenizer = pre_tokenizers.Split(Regex(_CHAR_SPLIT), behavior="isolated")
-    hf.decoder = decoders.Fuse()
-    return _finish(hf, specials)
-
-
-def char_tokenizer(
-    corpus: str,
-    specials: Sequence[str] = DEFAULT_SPECIALS,
-    unk: Optional[str] = None,
-) -> Tokenizer:
-    """One token per distinct character of `corpus` (sorted by code point), after `specials`
-    (ids 0..k-1 in the given order). `unk="<unk>"` adds a catch-all token for characters
-    outside the corpus; without it such characters raise `UnknownTokenError`."""
-    if not isinstance(corpus, str):
-        corpus = "".join(corpus)
-    return _char_level(sorted(set(corpus)), specials, unk)
-
-
-def arithmetic_tokenizer() -> Tokenizer:
-    """The fixed arithmetic vocabulary: `<pad>`=0 `<bos>`=1 `<eos>`=2 `<bot>`=3 `<eot>`=4,
-    digits '0'..'9' = 5..14, then `+ - * = ; , |` = 15..21 (22 tokens). No `<unk>`."""
-    return _char_level([str(d) for d in range(10)] + list(ARITHMETIC_SYMBOLS), ARITHMETIC_SPECIALS, None)
-
-
-def word_tokenizer(
-    words: Sequence[str],
-    specials: Sequence[str] = DEFAULT_SPECIALS,
-    unk: Optional[str] = None,
-    specials_first: bool = True,
-) -> Tokenizer:
-    """WordLevel over whitespace-separated `words`. With `specials_first=False` the words take
-    ids 0..n-1 (so e.g. the number n is token n) and the specials follow."""
-    specials = _check_specials(specials, unk)
-    for w in words:
-        if not w or any(c.isspace() for c in w):
-            raise ValueError(f"words must be non-empty and contain no whitespace, got {w!r}")
-    order = (list(specials) + list(words)) if specials_first else (list(words) + list(specials))
-    vocab: dict[str, int] = {}
-    for w in order:
-        if w in vocab:
-            raise ValueError(f"duplicate token {w!r}")
-        vocab[w] = len(vocab)
-    hf = HFTokenizer(models.WordLevel(vocab, unk_token=unk if unk is not None else _NO_UNK))
-    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return _finish(hf, specials)
-
-
-def bpe_tokenizer(
-    corpus: Union[str, Iterable[str]],
-    vocab_size: int = 512,
-    specials: Sequence[str] = DEFAULT_SPECIALS,
-    min_frequency: int = 2,
-) -> Tokenizer:
-    """Byte-level BPE trained on `corpus` (a string or an iterable of strings). Specials take
-    ids 0..k-1, the 256 byte symbols follow, then merges up to `vocab_size` (fewer if the
-    corpus runs out of pairs seen `min_frequency` times). Deterministic for a given corpus."""
-    specials = _check_specials(specials, None)
-    base = 256 + len(specials)
-    if vocab_size < base:
-        raise ValueError(f"vocab_size={vocab_size} is below the byte alphabet + specials ({base})")
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(specials),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    texts = [corpus] if isinstance(corpus, str) else corpus  # an iterator streams (never a list in memory)
-    hf.train_from_iterator(texts, trainer=trainer)
-    return _finish(hf, specials)
 
 
 def load_tokenizer(path: Union[str, os.PathLike]) -> Tokenizer:
