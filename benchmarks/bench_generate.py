@@ -56,6 +56,10 @@ def build(positional: str, args, device, dtype):
     size = "tiny" if args.small else "large"
     if args.small and preset == "llama-like":  # transformers' Llama needs d_model % n_heads == 0
         overrides = dict(overrides, n_heads=4, n_kv_heads=2, d_head=16)
+    if positional == "alibi" and not args.small:
+        # transformers' MPT derives its slopes from the next power of two of n_heads, which equals
+        # Press et al.'s rule (ours) only for a power of two: 16 heads of 48 at d_model 768
+        overrides = dict(overrides, n_heads=16)
     torch.manual_seed(0)
     model = presets.make(preset, size, d_vocab=args.vocab, n_ctx=max(1024, args.prompt + args.new), **overrides)
     model = model.to(device=device, dtype=dtype).eval()
