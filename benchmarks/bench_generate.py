@@ -62,8 +62,8 @@ def build(positional: str, args, device, dtype):
         overrides = dict(overrides, n_heads=16)
     torch.manual_seed(0)
     model = presets.make(preset, size, d_vocab=args.vocab, n_ctx=max(1024, args.prompt + args.new), **overrides)
-    model = model.to(device=device, dtype=dtype).eval()
-    return model, hf.to_hf(model)
+    hf_model = hf.to_hf(model.eval())  # convert in fp32: bf16-rounded ALiBi slopes are no longer MPT's exactly
+    return model.to(device=device, dtype=dtype), hf_model.to(device=device, dtype=dtype).eval()
 
 
 def run_config(model, hf_model, positional, batch, args, device) -> dict:
