@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PRESETS, build, tiny, tokens
 from transformer_lens import patching as tlp
 
-from conftest import PRESETS, build, tiny, tokens
 from interp import patching
 from interp.patching.engine import BaseRun
 from interp.patching.sites import kind_of, n_heads_of
@@ -69,6 +69,8 @@ def test_equals_transformer_lens_on_every_preset(name):
         theirs = theirs.permute(*perm) if perm else theirs
         assert ours.values.shape == theirs.shape, (act, by)
         torch.testing.assert_close(ours.values, theirs.cpu(), **TOL, msg=f"{name} {act}/{by}")
+        one = patching.activation_patching(model, clean, corrupted, METRIC, act, by, strategy="one_forward")
+        torch.testing.assert_close(one.values, theirs.cpu(), **TOL, msg=f"{name} {act}/{by} in one forward")
         checked += 1
     if factored:
         for stream in ("xt", "xe"):
@@ -122,12 +124,13 @@ def test_noising_with_padding_equals_plain_loop(name):
     mask[1, :2] = False  # left padding
     mask[2, 5:] = False  # right padding
     per_prompt = patching.logprob(torch.tensor([3, 4, 5]), pos=torch.tensor([6, 6, 4]))
-    for act, by in [("resid_pre", "pos"), ("resid_post", "layer"), ("z", "head_pos"), ("pattern", "head")]:
+    for (act, by), strategy in zip([("resid_pre", "pos"), ("resid_post", "layer"), ("z", "head_pos"), ("pattern", "head")],
+                                   ["partial", "one_forward", "partial", "one_forward"]):
         ours = patching.activation_patching(model, clean, corrupted, per_prompt, act, by, direction="noise",
-                                            attention_mask=mask, reduce="none", sites_per_forward=4)
+                                            attention_mask=mask, reduce="none", sites_per_forward=4, strategy=strategy)
         naive = _loop(model, clean, corrupted, lambda lg: per_prompt(lg[None])[0], act, by, mask)
         assert ours.dims[-1] == "batch"
-        torch.testing.assert_close(ours.values, naive, **TOL, msg=f"{name} {act}/{by}")
+        torch.testing.assert_close(ours.values, naive, **TOL, msg=f"{name} {act}/{by} {strategy}")
         # the unpatched runs: base = clean, source = corrupted
         torch.testing.assert_close(ours.baseline, per_prompt(model(clean, attention_mask=mask)[None])[0], **TOL)
         torch.testing.assert_close(ours.source, per_prompt(model(corrupted, attention_mask=mask)[None])[0], **TOL)

@@ -8,7 +8,15 @@ import torch
 from jaxtyping import Int
 
 from ..cache import cached
-from .engine import BaseRun, prepare, progress_reporter, rows_per_forward, where_hook
+from .engine import (
+    BaseRun,
+    explicit_attention_hooks,
+    prepare,
+    progress_reporter,
+    rows_per_forward,
+    splice_hook,
+    where_hook,
+)
 from .metrics import as_metrics, evaluate, metric_end
 from .result import PatchResult, labelled
 from .sites import (
@@ -41,6 +49,7 @@ def activation_patching(
     memory_budget: Optional[int] = None,
     sites_per_forward: Optional[int] = None,
     progress: Progress = None,
+    strategy: str = "auto",
 ) -> PatchResult:
     """Patch `act` at every site of a grid and score each patched run with `metric`.
 
@@ -57,6 +66,10 @@ def activation_patching(
         memory_budget: bytes one stacked forward may use (see `rows_per_forward`).
         sites_per_forward: force the number of sites stacked per forward.
         progress: `(done, total)` callback after each forward, or True for a tqdm bar.
+        strategy: "partial" runs each chunk from its first patched block and position (least
+            work: the CPU choice); "one_forward" stacks the source run, the base run and every
+            site in a single forward (fewest kernel launches: the choice on CUDA when all of it
+            fits in one forward); "auto" picks. Same numbers either way.
 
     Returns:
         A `PatchResult` with `dims` ("layer", "pos") / ("layer",) / ("layer", "head") /
@@ -71,6 +84,25 @@ def activation_patching(
     sites = site_grid(model, act, by, T, layers, positions, heads)
     site_layers = sorted(set(sites.layer.tolist()))
     patch_names = {l: act_hook_names(model, act, l) for l in site_layers}
+    rows = rows_per_forward(model, T, memory_budget, act == "pattern")
+    if strategy == "auto":
+        on_gpu = torch.device(model.cfg.device).type == "cuda"
+        strategy = "one_forward" if on_gpu and sites_per_forward is None and (len(sites) + 2) * B <= rows else "partial"
+    if strategy not in ("partial", "one_forward"):
+        raise ValueError(f"strategy must be 'auto', 'partial' or 'one_forward', got {strategy!r}")
+    if strategy == "one_forward":
+        masks = {l: site_mask(model, act, sites, slice(0, len(sites)), l, T, base.device) for l in site_layers}
+        hooks = [(name, splice_hook(masks[l], B, len(sites))) for l in site_layers for name in patch_names[l]]
+        hooks += explicit_attention_hooks(model, range(model.cfg.n_layers), base.device)
+        stacked = torch.cat([source, base, base.repeat(len(sites), 1)])
+        with model.hooks(fwd_hooks=hooks):
+            logits = model(stacked, attention_mask=None if mask is None else mask.repeat(len(sites) + 2, 1))
+        source_v, base_v = (evaluate(metrics, logits[i * B:(i + 1) * B], 1, per_example)[:, 0] for i in (0, 1))
+        values = evaluate(metrics, logits[2 * B:], len(sites), per_example)
+        progress_reporter(progress, len(sites), f"patching {act}")(len(sites))
+        values = values.reshape(len(metrics), *[len(v) for v in sites.index.values()], *values.shape[2:])
+        return labelled(values, metrics, many, per_example, sites.index, pos_labels, base_v, source_v, act, direction,
+                        "activation")
 
     source_logits, source_cache = cached(model, source, names=[n for ns in patch_names.values() for n in ns],
                                          attention_mask=mask, return_logits=True)
@@ -78,7 +110,7 @@ def activation_patching(
     base_v = evaluate(metrics, run.logits, 1, per_example)[:, 0]
     source_v = evaluate(metrics, source_logits, 1, per_example)[:, 0]
 
-    per_forward = sites_per_forward or max(1, rows_per_forward(model, T, memory_budget, act == "pattern") // B)
+    per_forward = sites_per_forward or max(1, rows // B)
     report = progress_reporter(progress, len(sites), f"patching {act}")
     axis = pos_axis(act)
     end = metric_end(metrics, T)

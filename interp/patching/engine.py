@@ -46,9 +46,7 @@ class BaseRun:
         `offset` are the base run's logits, from `end` on NaN (None with `stop_after`: the run
         ends after that block).
 
-        `explicit` (default: ALiBi on CUDA) runs attention on its explicit path: the fused
-        ALiBi path there is FlexAttention compiled for one shape, and stacked runs change the
-        batch size from chunk to chunk (a recompile each)."""
+        `explicit`: see `explicit_attention_hooks`."""
         model, S = self.model, n_sites
         end = self.T if end is None else end
         tile = lambda x: x.repeat(S, *([1] * (x.ndim - 1)))
@@ -71,10 +69,7 @@ class BaseRun:
         mask = None if self.mask is None else tile(self.mask[:, :end])
         ctx = model._context(stream[0].shape[:2], stream[0].device, mask, None, kv)
         last = model.cfg.n_layers - 1 if stop_after is None else stop_after
-        if explicit is None:
-            explicit = model.cfg.positional == "alibi" and stream[0].is_cuda
-        if explicit:  # observing the scores is what takes a layer off the fused path
-            hooks = hooks + [(f"blocks.{i}.attn.hook_attn_scores", _observe) for i in range(layer, last + 1)]
+        hooks = hooks + explicit_attention_hooks(model, range(layer, last + 1), stream[0].device, explicit)
         with model.hooks(fwd_hooks=hooks):
             # the tail of HookedTransformer.forward (tests check both agree on every preset)
             for i in range(layer, last + 1):
@@ -87,6 +82,15 @@ class BaseRun:
             after = logits.new_full((logits.shape[0], self.T - end, logits.shape[2]), float("nan"))
             logits = torch.cat([tile(self.logits[:, :offset]), logits, after], dim=1)
         return logits
+
+
+def explicit_attention_hooks(model, layers, device, explicit: Optional[bool] = None) -> list:
+    """Hooks that take `layers` off the fused attention path (observing the scores does), by
+    default only for ALiBi on CUDA: its fused path is FlexAttention compiled for one shape,
+    and stacked runs change the batch size from sweep to sweep (a recompile each)."""
+    if explicit is None:
+        explicit = model.cfg.positional == "alibi" and torch.device(device).type == "cuda"
+    return [(f"blocks.{i}.attn.hook_attn_scores", _observe) for i in layers] if explicit else []
 
 
 def _observe(x, hook):
@@ -166,6 +170,18 @@ def where_hook(mask: torch.Tensor, source: torch.Tensor, n_sites: int):
     def hook(act, hook):
         stacked = act.view(n_sites, -1, *act.shape[1:])
         return torch.where(mask, source.to(act.dtype), stacked).view_as(act)
+
+    return hook
+
+
+def splice_hook(mask: torch.Tensor, batch: int, n_sites: int):
+    """Hook for a one-forward sweep, whose rows are [source (batch), base (batch), site 0 (batch),
+    site 1, ...]: each site's masked entries take the source rows' activation, computed in
+    the same forward at the same point."""
+
+    def hook(act, hook):
+        source, sites = act[:batch], act[2 * batch:].view(n_sites, batch, *act.shape[1:])
+        return torch.cat([act[: 2 * batch], torch.where(mask, source, sites).flatten(0, 1)])
 
     return hook
 
