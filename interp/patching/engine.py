@@ -109,7 +109,7 @@ def bytes_per_row(model, T: int, explicit_layers: int) -> int:
 def rows_per_forward(model, T: int, memory_budget: Optional[int] = None, explicit: bool = False) -> int:
     """How many (site x prompt) rows one forward may stack within `memory_budget` bytes.
 
-    Default: on CUDA, half the free GPU memory, and at most ~128k tokens a forward (enough to
+    Default: on CUDA, half the free GPU memory, and at most ~256k tokens a forward (enough to
     fill the GPU; smaller chunks start later in the sequence: a chunk starts at its first
     patched position); on CPU 24 MiB, where a cache-sized forward is as fast per row as a
     large one."""
@@ -120,7 +120,7 @@ def rows_per_forward(model, T: int, memory_budget: Optional[int] = None, explici
         return max(1, int(memory_budget // per_row))
     if torch.device(device).type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return max(1, min(int(free // 2 // per_row), max(256, 2**17 // T)))
+        return max(1, min(int(free // 2 // per_row), max(256, 2**18 // T)))
     return max(1, int(24 * 2**20 // per_row))
 
 
