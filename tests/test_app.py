@@ -405,8 +405,7 @@ def test_compare_page(app, ckpts):
     assert len(at.metric) == 0 and "exact_match" not in [d.value for d in at.dataframe if "loss/step" in d.value.columns][0]
     at.multiselect(key="w.cmp").set_value(["add3_none", "add3_mask_answer"]).run()
     ok(at)
-    assert at.query_params.get_all("cmp") if hasattr(at.query_params, "get_all") else at.query_params["cmp"] == \
-        ["add3_none", "add3_mask_answer"]
+    assert at.query_params["cmp"] == ["add3_none", "add3_mask_answer"]
     assert len(components(at, "strip")) == 2
     assert set(exports(at)["compare_attn_export"][1]) == {"attention_add3_none", "attention_add3_mask_answer", "tokens",
                                                           "answer_to_step_add3_none", "answer_to_step_add3_mask_answer"}
@@ -474,6 +473,26 @@ def test_training_page_and_step_slider(app, ckpts):
                                atol=1e-3)
     csv = exports(goto(at, "training"))["training_export"][0].decode()
     assert "progress/induction[1][1]" in csv and "eval:val/token_acc" in csv
+
+
+def test_compare_checkpoints_of_one_run(app, ckpts):
+    run = ckpts["add3_run"]
+    at = app(url=dict(ckpt="add3_run", step="300", page="compare"))
+    options = at.multiselect(key="w.cmp").options
+    assert "add3_run/step_000100" in options and "add3_none" in options  # formatted labels
+    at.multiselect(key="w.cmp").set_value([str(run / "step_000100"), str(run / "step_000300")]).run()
+    ok(at)
+    rows = [d.value for d in at.dataframe if "loss/step" in d.value.columns][0]
+    assert list(rows.index) == ["add3_run/step_000100", "add3_run/step_000300"]
+    assert rows["loss/step"].iloc[0] != rows["loss/step"].iloc[1]
+
+
+def test_long_logs_are_thinned_for_drawing():
+    from app.views.training import thin
+
+    xs, ys = thin(list(range(10_001)), [float(i) for i in range(10_001)], n=2000)
+    assert len(xs) <= 2002 and xs[0] == 0 and xs[-1] == 10_000 and ys == [float(x) for x in xs]
+    assert thin([1, 2], [3.0, 4.0]) == ([1, 2], [3.0, 4.0])
 
 
 def test_a_step_directory_opens_as_run_plus_step(app, ckpts):

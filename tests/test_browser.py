@@ -126,10 +126,10 @@ def install_probes(driver) -> None:
 
 
 def errors(driver) -> list[str]:
-    found = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-    found += [a for a in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stAlert"]')
-              if a.find_elements(By.CSS_SELECTOR, '[data-testid="stAlertContentError"]')]
-    return [e.text for e in found]
+    """Texts of every exception box and error alert on the page (one script: nothing goes stale)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('[data-testid=\"stException\"], [data-testid=\"stAlertContentError\"]')]"
+        ".map(e => e.innerText)")
 
 
 def ix_state(driver):

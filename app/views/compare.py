@@ -40,6 +40,12 @@ def default_selection(ctx: Ctx, found: dict[str, Path]) -> list[str]:
     return [cur] + others[:1]
 
 
+def _short(entry: str) -> str:
+    """A run's step directory as "run/step_000100"; names as they are."""
+    p = Path(entry)
+    return f"{p.parent.name}/{p.name}" if data.STEP_DIR.match(p.name) else entry
+
+
 def _resolve(entry: str, found: dict[str, Path]) -> Path:
     if entry in found:
         return found[entry]
@@ -60,9 +66,11 @@ def render(ctx: Ctx) -> None:
                    f"point {data.ENV_ROOT} at a directory that holds more.")
         return
     chosen = view.get("cmp") or default
-    options = list(found) + [c for c in chosen if c not in found]
-    view.widget("multiselect", "cmp", "Checkpoints (two or three that share a tokenizer)", value=chosen,
-                options=options, max_selections=3, to_url=lambda v: None if list(v) == default else list(v))
+    steps = [str(p) for p in ctx.run.steps.values()] if ctx.run is not None else []  # this run's checkpoints
+    options = list(dict.fromkeys(list(found) + steps + list(chosen)))
+    view.widget("multiselect", "cmp", "Checkpoints (two or three that share a tokenizer; type a directory to add one)",
+                value=chosen, options=options, max_selections=3, accept_new_options=True, format_func=_short,
+                to_url=lambda v: None if list(v) == default else list(v))
     if not 2 <= len(chosen) <= 3:
         st.info("Pick two or three checkpoints to compare.")
         return
@@ -78,7 +86,7 @@ def render(ctx: Ctx) -> None:
     for i, (c, path) in enumerate(zip(chosen, paths)):
         progress.progress(i / (2 * len(chosen)), text=f"Loading {c} ({i + 1}/{len(chosen)})…")
         cks.append(data.load(path))
-    names = [Path(c).name if c not in found else c for c in chosen]
+    names = [c if c in found else _short(c) if data.STEP_DIR.match(Path(c).name) else Path(c).name for c in chosen]
 
     if all(data.is_task(c) for c in cks) and len({c.task["name"] for c in cks}) == 1:
         _task_metrics(ctx, cks, names, progress)

@@ -46,6 +46,18 @@ def _rank(group: str) -> tuple:
     return (0 if "loss" in g or "ppl" in g else 1 if "acc" in g or "match" in g else 3 if g in LAST else 2, g)
 
 
+MAX_POINTS = 2000  # per line: a long run's log is thinned for drawing (exports keep every row)
+
+
+def thin(xs: list, ys: list, n: int = MAX_POINTS) -> tuple[list, list]:
+    """Every k-th point (and the last) so at most about `n` remain."""
+    if len(xs) <= n:
+        return xs, ys
+    k = -(-len(xs) // n)
+    idx = list(range(0, len(xs), k)) + ([len(xs) - 1] if (len(xs) - 1) % k else [])
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
 def _nearest(steps: list[int], x) -> int:
     return min(steps, key=lambda s: abs(s - float(x)))
 
@@ -66,7 +78,7 @@ def render(ctx: Ctx) -> None:
     view.widget("toggle", "logy", "Log-scale losses", value=logy)
     groups: dict[str, dict] = {}
     for name, (xs, ys) in series.items():
-        groups.setdefault(group_of(name), {})[name] = (xs, ys)
+        groups.setdefault(group_of(name), {})[name] = thin(xs, ys)
     constant = {}  # groups in which nothing ever changes: a table, not a figure
     for g in [g for g, lines in groups.items() if all(len(set(ys)) <= 1 for _, ys in lines.values())]:
         constant.update({name: ys[0] for name, (_, ys) in groups.pop(g).items() if ys})
