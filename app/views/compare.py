@@ -194,7 +194,8 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
     st.caption(f"Greedy completion after {cut} prompt tokens ({''.join(p.labels[max(0, cut - 8):cut])}), "
                + (f"checked against the target (the prompt's remaining {len(target)} tokens)" if target else
                   "no target (the prompt ends there)")
-               + f"; attention of L{layer}H{head} on the whole prompt, one colour scale (0 to {top:.3f}) for all panels.")
+               + f"; below, L{layer}H{head}'s attention on the whole prompt, one colour scale for all panels "
+               f"(white 0 to dark blue {top:.3f}).")
     n = len(cks)
     for col, c, name, i in zip(st.columns(n), cks, names, range(n)):  # row 1: completions
         with col:
@@ -214,12 +215,17 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
                                            for j, t in enumerate(out)])
     for col, name, pat, i in zip(st.columns(n), names, pats, range(n)):  # row 2: attention, one scale
         fig = plots.attention_heatmap(pat, p.labels, p.labels, zmax=top, title=f"{name} L{layer}H{head}")
-        chart(fig.update_layout(height=min(620, max(360, 160 + 9 * len(ids)))), f"compare_attn_{i}", container=col)
+        fig.update_traces(showscale=False)  # one scale for all panels (in the caption): equal panel sizes
+        fig.update_layout(height=min(680, max(380, 180 + 10 * len(ids))), margin=dict(l=10, r=10, t=50, b=10))
+        chart(fig, f"compare_attn_{i}", container=col)
     if a2s is not None:  # row 3: answer -> step attention, one scale
+        st.caption(f"Mean attention from answer tokens to step tokens per head (Viridis, one scale for all panels: "
+                   f"{a_lo:.3f} to {a_hi:.3f}); L{layer}H{head} outlined.")
         for col, a, i in zip(st.columns(n), a2s, range(n)):
-            chart(plots.head_score_heatmap(a, name="answer→step", title="answer → step attention",
-                                           selected=(layer, head), zmin=a_lo, zmax=a_hi).update_layout(height=260),
-                  f"compare_a2s_{i}", container=col)
+            fig = plots.head_score_heatmap(a, name="answer→step", title="answer → step attention",
+                                           selected=(layer, head), zmin=a_lo, zmax=a_hi)
+            fig.update_traces(showscale=False, selector=dict(type="heatmap"))
+            chart(fig.update_layout(height=260, margin=dict(l=10, r=10, t=50, b=10)), f"compare_a2s_{i}", container=col)
     export("compare_attention", key="compare_attn_export",
            charts=[f"compare_attn_{i}" for i in range(n)] + ([f"compare_a2s_{i}" for i in range(n)] if a2s else []),
            arrays=lambda: {f"attention_{n}": data.attention(c.key, ids) for n, c in zip(names, cks)}

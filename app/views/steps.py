@@ -104,8 +104,8 @@ def render(ctx: Ctx) -> None:
     att = s.attention.reshape(-1, s.attention.shape[-1]).numpy()  # (layer * head, keys)
     names = [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
     fig = plots.attention_heatmap(att, names, keys, zmax=None, highlight_row=layer * cfg.n_heads + head,
-                                  title=f"Step {gi}: attention of the predicting query (position {s.position}), "
-                                        f"every head; L{layer}H{head} outlined")
+                                  title=f"Step {gi}: attention of the predicting query (position {s.position})"
+                                        f"<br><sup>every head; L{layer}H{head} outlined</sup>")
     chart(fig.update_layout(yaxis_title="head", height=max(360, 140 + 22 * len(names))), "steps_attn", container=c2)
     table = pd.DataFrame([{
         "step": i, "position": st_.position, "token": vocab[st_.token], "p": float(st_.probs[st_.token]),
