@@ -359,6 +359,32 @@ def test_step_by_step_page(app, ckpts):
     assert ex[1]["generated"].shape == (5,) and ex[1]["attention"].shape[:3] == (5, L, H)
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_generate_steps_matches_a_step_by_step_loop(ckpts, greedy):
+    """interp.explore.generate_steps (generate + one cached pass) against a naive loop that
+    runs the model on the growing sequence and reads the last query's patterns."""
+    from interp import explore
+    from interp.cache import cached
+
+    model, tok = interp.load(ckpts["add3_none"])
+    prompt = torch.tensor(tok.encode("<bos>123+456="))
+    trace = explore.generate_steps(model, prompt, n_steps=12, k=3, greedy=greedy, temperature=1.3, seed=5,
+                                   stop_tokens=[])
+    assert len(trace) == 12
+    seq = prompt[None]
+    for i, step in enumerate(trace):
+        logits, cache = cached(model, seq, names="pattern", batch=0, pos=-1, return_logits=True)
+        probs = logits[-1].float().softmax(-1)
+        if greedy:
+            assert step.token == int(probs.argmax())
+        assert step.position == seq.shape[1] - 1
+        torch.testing.assert_close(step.probs, probs, atol=1e-5, rtol=1e-4)
+        want = torch.stack([cache["pattern", l][:, -1] for l in range(model.cfg.n_layers)])
+        torch.testing.assert_close(step.attention, want, atol=1e-5, rtol=1e-4)
+        assert step.top_ids.tolist() == probs.topk(3).indices.tolist()
+        seq = torch.cat([seq, torch.tensor([[step.token]])], dim=1)
+
+
 def test_text_checkpoints_generate_after_the_whole_prompt(app):
     at = goto(app(), "steps")
     T = len(at.select_slider(key="w.cut").options)
