@@ -164,8 +164,11 @@ def query(driver) -> dict:
 
 
 def head_button(driver, head: int):
-    return driver.execute_script("return document.querySelectorAll('.ix-attn .ix-group')[0]"
-                                 ".querySelectorAll('button')[arguments[0]]", head)
+    """The attention component's button for `head`, scrolled to the middle of the view (the
+    sticky toolbar would take a click at the top)."""
+    return driver.execute_script("const b = document.querySelectorAll('.ix-attn .ix-group')[0]"
+                                 ".querySelectorAll('button')[arguments[0]]; b.scrollIntoView({block: 'center'}); "
+                                 "return b;", head)
 
 
 def segmented(driver, key: str, text: str):
