@@ -318,8 +318,23 @@ def show_token(s: str) -> str:
     return s.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣") or "∅"
 
 
+def uses_bos(ck: Loaded) -> bool:
+    """Whether the model saw `<bos>` first in training: its task's examples start with it
+    (text tasks: their `bos` option); without a task, whenever the config names one."""
+    bos = ck.cfg.bos_token_id
+    if bos is None:
+        return False
+    if ck.task is None:
+        return True
+    if ck.task.get("name") == "text":
+        return bool(ck.task.get("bos", True))
+    ex = _default_example(ck)
+    return ex is None or (len(ex.input_ids) > 0 and int(ex.input_ids[0]) == bos)
+
+
 def encode(ck: Loaded, text: str) -> list[int]:
-    """Prompt text -> ids (with the model's `<bos>` in front when it has one), or AppError."""
+    """Prompt text -> ids (with the model's `<bos>` in front when it was trained with one),
+    or AppError."""
     if not text or not text.strip():
         raise AppError("The prompt is empty: type some text to run the model on.")
     try:
@@ -327,7 +342,7 @@ def encode(ck: Loaded, text: str) -> list[int]:
     except ValueError as e:  # UnknownTokenError and friends
         raise AppError(f"The tokenizer cannot read this prompt: {e}") from None
     bos = ck.cfg.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos):
+    if uses_bos(ck) and (not ids or ids[0] != bos):
         ids = [bos] + ids
     if ck.cfg.positional == "learned" and len(ids) > ck.cfg.n_ctx:
         raise AppError(
@@ -383,13 +398,18 @@ def _task(task_json: str):
     return make_task(**json.loads(task_json))
 
 
+# Tasks whose test and val examples are drawn before the training ones, so building them with
+# n_train=0 gives the same test split, fast. (Not modular: its test split is what train leaves.)
+TEST_FIRST = ("arithmetic", "induction")
+
+
 def task_for(ck: Loaded, **overrides):
-    """The checkpoint's task (`make_task(**config["task"])`, n_train=0 so it builds fast:
-    test/val do not depend on n_train), or None."""
+    """The checkpoint's task (`make_task(**config["task"])`; n_train=0 where that leaves the
+    test split unchanged, so it builds fast), or None."""
     if ck.task is None:
         return None
     t = dict(ck.task, **overrides)
-    if t.get("name") in ("arithmetic", "modular", "induction") and "n_train" not in overrides:
+    if t.get("name") in TEST_FIRST and "n_train" not in overrides:
         t["n_train"] = 0
     name = t.pop("name")
     return _task(json.dumps(dict(name=name, **t), sort_keys=True))
@@ -488,12 +508,19 @@ def layer_patterns(key: tuple, ids: tuple[int, ...], layer: int) -> str:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def head_rows(key: tuple, ids: tuple[int, ...]) -> list[dict]:
+def head_rows(key: tuple, ids: tuple[int, ...]) -> tuple[list[dict], str]:
+    """Every head's scores on the prompt, and where induction was measured: on repeated random
+    tokens, or (a context too short for them, e.g. n_ctx=4) on the prompt itself."""
     import torch
     from interp import heads
 
     ck = get(key)
-    return heads.head_scores(ck.model, torch.tensor([ids])).to_rows()
+    tokens = torch.tensor([ids])
+    try:
+        return heads.head_scores(ck.model, tokens).to_rows(), "induction on repeated random tokens"
+    except ValueError:  # the repeated-token probe does not fit the model's context
+        return heads.head_scores(ck.model, tokens, induction_tokens=False).to_rows(), \
+            f"induction on the prompt itself (repeated random tokens do not fit n_ctx={ck.cfg.n_ctx})"
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

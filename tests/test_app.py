@@ -623,3 +623,25 @@ def test_every_page_on_every_shipped_checkpoint(name, monkeypatch):
         goto(at, page)
         lonely = page == "compare" and any("second checkpoint" in w.value for w in at.warning)
         assert charts(at) or components(at, "attention") or lonely, f"{name}: page {page} drew no figure"
+
+
+RUNS = REPO / "data" / "runs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RUNS.iterdir() if p.is_dir()) if RUNS.is_dir() else [])
+def test_training_page_on_every_shipped_run(name, monkeypatch):
+    """The shipped runs (data/runs): the Training page draws every series, per-head progress
+    measures as a heads x steps map, and every page renders on the run's last checkpoint."""
+    monkeypatch.setenv("INTERP_CHECKPOINT_ROOT", f"{SHIPPED}:{RUNS}")
+    monkeypatch.setattr(sys, "argv", ["explorer.py"])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(ckpt=name, page="training")
+    at.run()
+    ok(at)
+    figs = {f["layout"]["title"]["text"]: f for f in charts(at).values()}
+    assert "loss" in figs and figs["loss"]["data"][0]["type"] == "scatter"
+    for title, f in figs.items():
+        if title.endswith("per head"):  # e.g. "induction per head": heads x steps
+            assert f["data"][0]["type"] == "heatmap" and all(y.startswith("L") for y in f["data"][0]["y"])
+    for page in ("attention", "streams", "lens", "steps", "compare"):
+        goto(at, page)

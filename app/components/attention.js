@@ -172,7 +172,7 @@ function layout(S) {
   thumb = below ? Math.max(24, Math.min(64, Math.floor((W - GRID_LABEL) / H) - 8)) : Math.min(56, thumb);
   const room = below ? W : W - GAP - gridFor(thumb);
   let cell = Math.floor((room - margin(12) - 4) / T);
-  cell = Math.max(minCell, Math.min(24, cell));
+  cell = Math.max(minCell, Math.min(T <= 16 ? 40 : 24, cell));
   const font = Math.max(7, Math.min(12, cell * step - 1));
   const m = margin(font);
   return { T, cell, font, step, mL: m, mT: 4, mB: m, mR: 4, thumb };

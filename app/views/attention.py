@@ -61,7 +61,7 @@ def render(ctx: Ctx) -> None:
            table=lambda: _pattern_table(ctx, ids, p.labels, layer, head))
 
     st.markdown("#### Head scores")
-    rows = data.head_rows(ctx.key, ids)
+    rows, induction_note = data.head_rows(ctx.key, ids)
     df = pd.DataFrame(rows).set_index("name").drop(columns=["layer", "head"])
     if df["alibi_slope"].isna().all():
         df = df.drop(columns=["alibi_slope"])
@@ -77,8 +77,7 @@ def render(ctx: Ctx) -> None:
     chart(fig.update_layout(height=max(260, 70 + 42 * L), margin=dict(t=40, b=40)), "attn_scoremap",
           on_point=lambda pt: _select_head(*rc(pt)), container=left)
     with right:
-        st.caption(f"Every head's scores on this prompt (induction on repeated random tokens); "
-                   f"**L{layer}H{head}** highlighted.")
+        st.caption(f"Every head's scores on this prompt ({induction_note}); **L{layer}H{head}** highlighted.")
         sel_name = f"L{layer}H{head}"
         styled = df.style.format("{:.3f}").apply(
             lambda r: ["background-color: #fde2d8" if r.name == sel_name else "" for _ in r], axis=1)

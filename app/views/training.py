@@ -35,15 +35,56 @@ def _series(path: str, mtime: float) -> dict:
     return data.metric_series(Path(path))
 
 
+HEAD = re.compile(r"L\d+H\d+$")
+
+
 def group_of(name: str) -> str:
-    """"train/loss" -> "loss"; "progress/induction[0][1]" -> "induction"."""
+    """"train/loss" -> "loss"; "progress/induction[0][1]" -> "induction";
+    "progress/prev_token/L0H1" -> "prev_token/L0H1" (merged later, see `groups_of`)."""
     key = name.split("/", 1)[1] if "/" in name else name
     return re.sub(r"(\[\d+\])+", "", key)
 
 
+def groups_of(series: dict) -> dict[str, dict]:
+    """One figure per group: series of one key across events (train and eval loss together),
+    list elements together, and scalar keys "prefix/part" of one prefix together (per-head
+    scores "induction/L1H0", weight norms "weight_norm/embed" beside "weight_norm")."""
+    groups: dict[str, dict] = {}
+    for name, xy in series.items():
+        groups.setdefault(group_of(name), {})[name] = xy
+    by_prefix: dict[str, list[str]] = {}
+    for g, lines in groups.items():
+        if "/" in g and not any("[" in n for n in lines):
+            by_prefix.setdefault(g.split("/", 1)[0], []).append(g)
+    for prefix, members in by_prefix.items():
+        if len(members) >= 2:
+            merged = groups.pop(prefix, {})
+            for g in members:
+                merged.update(groups.pop(g))
+            groups[prefix] = merged
+    return groups
+
+
+def as_rows(lines: dict, many: int = 12) -> Optional[tuple[list, dict]]:
+    """(steps, row name -> values) for a group drawn better as a rows x steps map: one head's
+    score per line ("induction/L1H0"), or more than `many` elements of one list (a
+    spectrum), all over the same steps; else None."""
+    heads = all(HEAD.search(n) for n in lines)
+    if not (heads and len(lines) >= 2) and not (len(lines) > many and all("[" in n for n in lines)):
+        return None
+    rows, steps = {}, None
+    for name, (xs, ys) in lines.items():
+        if steps is not None and list(xs) != steps:
+            return None
+        steps = list(xs)
+        rows[HEAD.search(name).group(0) if heads else name.rsplit("/", 1)[-1]] = ys
+    return steps, rows
+
+
 def _rank(group: str) -> tuple:
     g = group.lower()
-    return (0 if "loss" in g or "ppl" in g else 1 if "acc" in g or "match" in g else 3 if g in LAST else 2, g)
+    kind = 0 if "loss" in g or "ppl" in g else 1 if "acc" in g or "match" in g else 3 if g in LAST else 2
+    return (kind, g != "loss", g)  # the loss first
 
 
 MAX_POINTS = 2000  # per line: a long run's log is thinned for drawing (exports keep every row)
@@ -76,9 +117,7 @@ def render(ctx: Ctx) -> None:
                 "click a checkpoint marker (open circle).")
     logy = bool(view.get("logy"))
     view.widget("toggle", "logy", "Log-scale losses", value=logy)
-    groups: dict[str, dict] = {}
-    for name, (xs, ys) in series.items():
-        groups.setdefault(group_of(name), {})[name] = thin(xs, ys)
+    groups = {g: {n: thin(*xy) for n, xy in lines.items()} for g, lines in groups_of(series).items()}
     constant = {}  # groups in which nothing ever changes: a table, not a figure
     for g in [g for g, lines in groups.items() if all(len(set(ys)) <= 1 for _, ys in lines.values())]:
         constant.update({name: ys[0] for name, (_, ys) in groups.pop(g).items() if ys})
@@ -87,9 +126,17 @@ def render(ctx: Ctx) -> None:
         lines = groups[g]
         is_loss = "loss" in g.lower() or "ppl" in g.lower()
         positive = all(v > 0 for _, ys in lines.values() for v in ys)
-        fig = plots.metric_curves(lines, title=g, step=ctx.step, log_y=logy and is_loss and positive,
-                                  checkpoint_steps=steps)
-        chart(fig.update_layout(height=300, margin=dict(t=40, b=30)), f"train_{i}", container=cols[i % 2],
+        rows = as_rows(lines)
+        if rows is not None:  # one row per head (or element): a phase change shows as a colour change
+            xs, by_row = rows
+            fig = plots.head_series_heatmap(xs, by_row, title=f"{g} per head" if HEAD.search(next(iter(by_row)))
+                                            else g, mark_step=ctx.step, colorbar=g.rsplit("/", 1)[-1])
+            plots.add_click_targets(fig, xs, list(by_row), size=6)
+            fig.update_layout(height=min(700, max(300, 60 + 14 * len(by_row))), margin=dict(t=40, b=30))
+        else:
+            fig = plots.metric_curves(lines, title=g, step=ctx.step, log_y=logy and is_loss and positive,
+                                      checkpoint_steps=steps).update_layout(height=300, margin=dict(t=40, b=30))
+        chart(fig, f"train_{i}", container=cols[i % 2],
               on_point=lambda pt: set_param("step", _nearest(steps, pt.get("x", steps[-1]))))
     if constant:
         with st.expander(f"{len(constant)} constant series"):
