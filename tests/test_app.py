@@ -506,6 +506,7 @@ def test_compare_checkpoints_of_one_run(app, ckpts):
     at = app(url=dict(ckpt="add3_run", step="300", page="compare"))
     options = at.multiselect(key="w.cmp").options
     assert "add3_run/step_000100" in options and "add3_none" in options  # formatted labels
+    assert at.multiselect(key="w.cmp").value == [str(run / "step_000100"), str(run / "step_000300")]  # default
     at.multiselect(key="w.cmp").set_value([str(run / "step_000100"), str(run / "step_000300")]).run()
     ok(at)
     rows = [d.value for d in at.dataframe if "loss/step" in d.value.columns][0]

@@ -33,6 +33,10 @@ def _current(ctx: Ctx, found: dict[str, Path]) -> str:
 
 
 def default_selection(ctx: Ctx, found: dict[str, Path]) -> list[str]:
+    if ctx.run is not None and len(ctx.run.steps) >= 2:  # a run: its first checkpoint against the one on show
+        first = min(ctx.run.steps)
+        other = first if first != ctx.step else max(ctx.run.steps)
+        return [str(ctx.run.steps[other]), str(ctx.run.steps[ctx.step])]
     cur = _current(ctx, found)
     if cur in data.STEP_MASKING_TRIO and all(n in found for n in data.STEP_MASKING_TRIO):
         return list(data.STEP_MASKING_TRIO)
