@@ -21,6 +21,8 @@ import math
 import os
 import re
 import sys
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -611,3 +613,362 @@ def answer_step_attention(key: tuple, ids: tuple[int, ...], segments: tuple[int,
     from interp import steps
 
     return steps.answer_to_step_attention(get(key).model, torch.tensor([ids]), torch.tensor([segments])).numpy()
+
+
+# ------------------------------------------------------------------ Attribution
+class Unsupported(AppError):
+    """The analysis does not apply to this model (the library says why); shown as a note."""
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def top1(key: tuple, ids: tuple[int, ...]) -> tuple[int, ...]:
+    """The model's top-1 next token at every position."""
+    import torch
+
+    with torch.no_grad():
+        return tuple(get(key).model(torch.tensor([ids]))[0].argmax(-1).tolist())
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def logit_attribution(key: tuple, ids: tuple[int, ...], target, wrong: Optional[int]):
+    """`interp.attribution.direct_logit_attribution` of one prompt at every position. `target`:
+    None (the next token), one id, or a tuple of one id per position; `wrong`: a contrast id."""
+    import torch
+    from interp.attribution import direct_logit_attribution
+
+    tgt = torch.tensor([target]) if isinstance(target, tuple) else target
+    try:
+        return direct_logit_attribution(get(key).model, torch.tensor([ids]), target=tgt, wrong=wrong)
+    except NotImplementedError as e:  # shaped attention: the library says why
+        raise Unsupported(f"Direct logit attribution does not apply to this model. {e}") from None
+
+
+# ------------------------------------------------------------------ Patching
+PATCH_METRICS = ("logit_diff", "prob", "logprob", "loss")
+
+
+def _specials(ck: Loaded) -> set[int]:
+    """Ids of special tokens (<bos>, <eos>, <latent>, ...): never used as replacements."""
+    out = {int(i) for i in ck.tokenizer.special_token_ids().values() if i is not None}
+    vocab = decode_list(ck)
+    return out | {i for i, s in enumerate(vocab) if len(s) > 2 and s.startswith("<") and s.endswith(">")}
+
+
+def answer_start(ck: Loaded, ids: Sequence[int]) -> int:
+    """Index of the first token a patching metric should read as an answer: the one after
+    `<eot>` when the prompt holds one; else the task's prompt end (induction: one later, the
+    first repeated token a previous copy predicts); len(ids) for free text."""
+    ids = [int(i) for i in ids]
+    eot = ck.cfg.eot_token_id
+    if eot is not None and eot in ids:
+        return ids.index(eot) + 1
+    end = prompt_end(ck, ids)
+    if (ck.task or {}).get("name") == "induction" and end < len(ids):
+        end += 1
+    return end
+
+
+def metric_positions(ck: Loaded, clean: Sequence[int], corrupt: Sequence[int]) -> list[int]:
+    """Default positions a patching metric reads: the one predicting the first answer token
+    where the two prompts differ (induction: every repeated token that differs, averaged); else
+    the one predicting the first answer token; else the last position."""
+    T = len(clean)
+    start = answer_start(ck, clean)
+    differ = [i for i in range(max(start, 1), T) if clean[i] != corrupt[i]]
+    if differ:
+        return [i - 1 for i in differ] if (ck.task or {}).get("name") == "induction" else [differ[0] - 1]
+    return [min(start, T) - 1]
+
+
+def answers(key: tuple, clean: tuple[int, ...], corrupt: tuple[int, ...], positions: Sequence[int]
+            ) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """(clean answers, corrupted answers, where they come from) at each metric position: the
+    prompts' own next tokens where those differ, else each run's top-1 prediction."""
+    T = len(clean)
+    if all(p + 1 < T and clean[p + 1] != corrupt[p + 1] for p in positions):
+        return tuple(clean[p + 1] for p in positions), tuple(corrupt[p + 1] for p in positions), "the prompts' next tokens"
+    a, b = top1(key, clean), top1(key, corrupt)
+    return tuple(a[p] for p in positions), tuple(b[p] for p in positions), "each run's top-1 prediction"
+
+
+def _carries(a: int, b: int) -> list[int]:
+    out, c = [], 0
+    for i in range(max(len(str(a)), len(str(b)))):
+        c = (a // 10**i % 10 + b // 10**i % 10 + c) // 10
+        out.append(c)
+    return out
+
+
+def _arithmetic_corruption(ck: Loaded, ids: Sequence[int]) -> Optional[tuple[list[int], str]]:
+    """The problem with the first operand's units digit changed, keeping every carry and the
+    answer's length (so the two examples line up token for token); the steps and answer are
+    the corrupted problem's own where the prompt is a prefix of the task's example."""
+    text = ck.tokenizer.decode(list(ids))
+    m = re.search(r"(\d+)([+\-*])(\d+)=", text)
+    if m is None:
+        return None
+    a, op, b = int(m[1]), m[2], int(m[3])
+    task = task_for(ck)
+    if not hasattr(task, "example_for"):
+        return None
+    try:
+        full = encode(ck, task.tokenizer.decode(task.example_for(op, [a, b]).input_ids))
+    except (ValueError, AppError):
+        return None
+    u = a % 10
+    for d in sorted(range(10), key=lambda d: (abs(d - u), d)):
+        a2 = a - u + d
+        if d == u or (op == "+" and _carries(a2, b) != _carries(a, b)):
+            continue
+        try:
+            other = encode(ck, task.tokenizer.decode(task.example_for(op, [a2, b]).input_ids))
+        except (ValueError, AppError):
+            continue
+        if len(other) != len(full):
+            continue
+        if list(ids) == full[: len(ids)]:
+            return other[: len(ids)], f"{a}{op}{b} → {a2}{op}{b} (the first operand's last digit; the same carries)"
+        swapped = text[: m.start(1)] + str(a2).zfill(len(m[1])) + text[m.end(1):]
+        try:
+            out = encode(ck, swapped)
+        except AppError:
+            return None
+        return (out, f"{a} → {a2} in the problem") if len(out) == len(ids) else None
+    return None
+
+
+def _induction_corruption(ck: Loaded, ids: Sequence[int]) -> Optional[tuple[list[int], str]]:
+    """`<bos> A A <eos>` -> `<bos> B B <eos>`: B a block of other symbols (analyses/circuits.py's pairs)."""
+    import torch
+
+    ids = [int(i) for i in ids]
+    specials = _specials(ck)
+    head = 1 if ids and ids[0] in specials else 0
+    tail = 1 if len(ids) > head and ids[-1] in specials else 0
+    body = ids[head: len(ids) - tail]
+    n = len(body) // 2
+    if n < 2 or len(body) % 2 or body[:n] != body[n:]:
+        return None
+    others = [i for i in range(ck.cfg.d_vocab) if i not in specials and i not in body]
+    if len(others) >= n:
+        order = torch.randperm(len(others), generator=torch.Generator().manual_seed(0))[:n].tolist()
+        block = [others[i] for i in order]
+        how = "the repeated block replaced by other symbols"
+    else:
+        block = body[1:n] + body[:1]
+        how = "the repeated block rotated by one"
+    return ids[:head] + block + block + ids[len(ids) - tail:], how
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _one_token_corruption(key: tuple, ids: tuple[int, ...]) -> Optional[tuple[list[int], str]]:
+    """One token near the metric position replaced by one of the model's own alternatives
+    there (top-4 at the position before), preferring the nearest change that alters the
+    model's top-1 prediction where the metric reads (one batched forward over the candidates)."""
+    import torch
+
+    ck = get(key)
+    T = len(ids)
+    p = metric_positions(ck, ids, ids)[0]
+    specials = _specials(ck)
+    with torch.no_grad():
+        logits = ck.model(torch.tensor([ids]))[0]
+    cands = []
+    for q in [q for q in range(p - 1, max(0, p - 12), -1)] + [p]:
+        if q < 1 or ids[q] in specials:
+            continue
+        alts = [int(t) for t in logits[q - 1].topk(min(6, ck.cfg.d_vocab)).indices if int(t) not in specials
+                and int(t) != ids[q]][:4]
+        cands += [(q, t) for t in alts]
+    if not cands:
+        return None
+    batch = torch.tensor([ids] * len(cands))
+    for i, (q, t) in enumerate(cands):
+        batch[i, q] = t
+    with torch.no_grad():
+        picks = ck.model(batch)[:, p].argmax(-1).tolist()
+    base = int(logits[p].argmax())
+    i = next((i for i, x in enumerate(picks) if x != base), 0)
+    q, t = cands[i]
+    vocab = decode_list(ck)
+    out = list(ids)
+    out[q] = t
+    return out, f"token {q} {vocab[ids[q]]} → {vocab[t]}" + ("" if picks[i] != base else
+                                                            " (no single change near the end alters the prediction)")
+
+
+def default_corruption(ck: Loaded, ids: Sequence[int]) -> tuple[Optional[list[int]], str]:
+    """A corrupted prompt of the same length as `ids` and what was changed: arithmetic, two
+    problems differing in one digit; induction, another repeated block; otherwise one token."""
+    name = (ck.task or {}).get("name")
+    made = None
+    if name == "arithmetic":
+        made = _arithmetic_corruption(ck, ids)
+    elif name == "induction":
+        made = _induction_corruption(ck, ids)
+    if made is None:
+        made = _one_token_corruption(ck.key, tuple(int(i) for i in ids))
+    return (None, "") if made is None else made
+
+
+_PATCH_LOCK = threading.Lock()
+PATCH_CACHE = 64
+
+
+@st.cache_resource(show_spinner=False)
+def _patch_results() -> "OrderedDict":
+    """Finished sweeps, newest last. Not st.cache_data: the sweep reports progress to a bar
+    drawn outside it, which Streamlit's cached-element replay forbids."""
+    return OrderedDict()
+
+
+def patch_metric(name: str, clean: Sequence[int], positions: Sequence[int], good: Sequence[int], bad: Sequence[int]):
+    from interp import patching
+
+    if name not in PATCH_METRICS:
+        raise AppError(f"Unknown metric {name!r}; choose from {', '.join(PATCH_METRICS)}.")
+    pos, a, w = torch.tensor([list(positions)]), torch.tensor([list(good)]), torch.tensor([list(bad)])
+    if name == "logit_diff":
+        return patching.logit_diff(a, w, pos)
+    if name == "prob":
+        return patching.prob(a, pos)
+    if name == "logprob":
+        return patching.logprob(a, pos)
+    return patching.loss(torch.tensor([list(clean)]))
+
+
+def patch_sweep(key: tuple, clean: tuple[int, ...], corrupt: tuple[int, ...], act: str, metric: str,
+                positions: tuple[int, ...], good: tuple[int, ...], bad: tuple[int, ...], direction: str,
+                labels: tuple[str, ...], progress=None):
+    """`interp.patching.activation_patching` of one activation kind (stream acts by position,
+    up to the last position the metric reads; heads by head), cached by checkpoint, token ids
+    and options; `progress(done, total)` is called while it runs."""
+    import torch
+    from interp import patching
+
+    k = (key, clean, corrupt, act, metric, positions, good, bad, direction, labels)
+    store = _patch_results()
+    with _PATCH_LOCK:
+        if k in store:
+            store.move_to_end(k)
+            return store[k]
+    ck = get(key)
+    m = patch_metric(metric, clean, positions, good, bad)
+    last = len(clean) - 1 if metric == "loss" else max(positions)
+    grid = dict(positions=list(range(last + 1))) if act in patching.STREAM_ACTS else {}
+    try:
+        res = patching.activation_patching(ck.model, torch.tensor([clean]), torch.tensor([corrupt]), m, act,
+                                           direction=direction, pos_labels=list(labels), progress=progress, **grid)
+    except ValueError as e:
+        raise AppError(f"Patching {act}: {e}") from None
+    with _PATCH_LOCK:
+        store[k] = res
+        while len(store) > PATCH_CACHE:
+            store.popitem(last=False)
+    return res
+
+
+# ------------------------------------------------------------------ Latent thoughts (Coconut)
+def coconut_mode(ck: Loaded) -> Optional[str]:
+    """The Coconut mode a checkpoint was trained in (coconut | pause | cot | no_cot), or None
+    when it was not trained with `train.trainer: coconut`."""
+    train = ((ck.meta.get("training") or {}).get("run_config") or {}).get("train") or {}
+    if train.get("trainer") != "coconut":
+        return None
+    from interp.training.coconut import coconut_options
+
+    try:
+        return coconut_options(train.get("coconut"))["mode"]
+    except ValueError:
+        return None
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the Coconut reasoner…")
+def _reasoner(path: str, mtime: float):
+    from interp import thoughts
+
+    return thoughts.load(path, task_overrides={"n_train": 0})
+
+
+def reasoner(key: tuple):
+    """(LatentReasoner, tokenizer, StagedTask) of a Coconut checkpoint (test/val splits only)."""
+    try:
+        return _reasoner(*key)
+    except (ValueError, KeyError, CheckpointError) as e:
+        raise AppError(f"Cannot read this checkpoint's Coconut setup: {e}") from None
+
+
+def thought_split_size(key: tuple, split: str) -> int:
+    return len(reasoner(key)[2].parts(split))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thought_timeline(key: tuple, split: str, index: int, k: int) -> dict:
+    from interp import thoughts
+
+    r, _, staged = reasoner(key)
+    view = thoughts.timeline(r, staged, split, index, k)
+    view.pop("example")  # the page reads the example from the task; keeps the cached value small
+    return view
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thought_answer(key: tuple, split: str, index: int) -> dict:
+    """The model's greedy answer to one example, the Coconut way: {"correct", "generated", "answer"}."""
+    from interp.training.coconut import evaluate_coconut
+
+    r, tok, staged = reasoner(key)
+    row = evaluate_coconut(r.model, staged, split, n=1, start=index, return_rows=True)["rows"][0]
+    answer = staged.parts(split)[index].answer[0]
+    return {"correct": row["correct"], "generated": tok.decode(row["generated"]), "answer": tok.decode(list(answer))}
+
+
+def thought_batch(key: tuple, split: str, start: int, n: int = 1):
+    from interp import thoughts
+
+    try:
+        return thoughts.latent_batch(reasoner(key)[2], split, n, start=start)
+    except ValueError as e:
+        raise AppError(f"Latent thoughts: {e}") from None
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thought_lens(key: tuple, split: str, start: int, n: int, k: int):
+    from interp import thoughts
+
+    return thoughts.thought_lens(reasoner(key)[0], thought_batch(key, split, start, n).input_ids, k)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thought_attention(key: tuple, split: str, index: int):
+    """(layer, head, slot) attention from the answer position into each thought."""
+    from interp import thoughts
+
+    return thoughts.answer_attention(reasoner(key)[0], thought_batch(key, split, index))[0]
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def thought_frontier(key: tuple, split: str, n: int) -> dict:
+    """`interp.thoughts.frontier_mass` over the first `n` examples (graph task)."""
+    from interp import thoughts
+
+    r, tok, _ = reasoner(key)
+    batch = thought_batch(key, split, 0, n)
+    lens = thought_lens(key, split, 0, n, 5)
+    try:
+        return thoughts.frontier_mass(lens.probs[:, :, -1], batch.examples, tok)
+    except ValueError as e:
+        raise AppError(f"Frontier mass: {e}") from None
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thought_patch(key: tuple, split: str, index: int, donor: int, slot: int) -> dict:
+    """`interp.thoughts.patch_thought`: example `index` with thought `slot` from example `donor`."""
+    from interp import thoughts
+
+    batch, source = thought_batch(key, split, index), thought_batch(key, split, donor)
+    try:
+        out = thoughts.patch_thought(reasoner(key)[0], batch, source, slot)
+    except ValueError as e:
+        raise AppError(f"Patching a thought: {e}") from None
+    return {k: float(v[0]) for k, v in out.items()}

@@ -65,6 +65,23 @@ PARAMS: dict[str, Param] = {
     "acc": Param("bool", True, "Compare: greedy accuracy on the test examples"),
     # Training
     "logy": Param("bool", True, "Training: log-scale y for losses"),
+    # Attribution
+    "tmode": Param("str", "next", "Attribution target: next (the next token) | top1 (the model's top-1) | token "
+                   "(the token in `target`, shared with the logit lens)"),
+    "wrong": Param("str", "", "Attribution: contrast token (attribute the logit difference target - wrong)"),
+    # Patching
+    "corrupt": Param("str", None, "Patching: corrupted prompt (default: derived from the prompt, one change)"),
+    "metric": Param("str", "logit_diff", "Patching metric: logit_diff | prob | logprob | loss"),
+    "pdir": Param("str", "denoise", "Patching direction: denoise (clean into corrupted) | noise (corrupted into clean)"),
+    "mpos": Param("int", None, "Patching: the position the metric reads (default: where the answers differ)"),
+    "acts": Param("list", None, "Patching: activations swept (default: resid_pre, attn_out, mlp_out, z; + xt_pre, "
+                  "xe_pre for factored models)"),
+    "pnorm": Param("bool", True, "Patching: colour by the normalized effect (else the metric's raw change)"),
+    # Latent thoughts
+    "split": Param("str", "test", "Latent thoughts: test | val"),
+    "index": Param("int", 0, "Latent thoughts: example index in the split"),
+    "slot": Param("int", 0, "Latent thoughts: the thought (latent slot) patched"),
+    "donor": Param("int", None, "Latent thoughts: the example whose thought is patched in (default: index + 1)"),
 }
 ALWAYS = ("ckpt", "page")
 WIDGET_PREFIX = "w."

@@ -381,11 +381,14 @@ def _diverging(arr: np.ndarray) -> dict:
     return dict(colorscale="RdBu", zmid=0, zmin=-(m or 1.0), zmax=m or 1.0)
 
 
-def patching_heatmap(result, normalized: bool = True, title: Optional[str] = None) -> go.Figure:
+def patching_heatmap(result, normalized: bool = True, title: Optional[str] = None,
+                     selected: Optional[tuple[int, int]] = None, clickable: bool = False) -> go.Figure:
     """A `PatchResult` (activation, path or attribution patching) of one metric, reduced over
     the batch: (layer, pos) or (layer, head) as a heatmap, (layer,) as bars, (layer, pos,
     head) as one pos x head panel per layer. Colour: the normalized effect (1 = the patch moves
-    the metric to the source run's value) or, with normalized=False, values - baseline."""
+    the metric to the source run's value) or, with normalized=False, values - baseline.
+    Two-dimensional grids only: `selected` = (row, column) indices is outlined; `clickable`
+    adds click targets (row-major: point index = row * n_columns + column)."""
     if "metric" in result.dims or "batch" in result.dims:
         raise ValueError(f"patching_heatmap draws one metric reduced over the batch; this result has dims {result.dims}")
     arr = _np(result.normalized() if normalized else result.effect)
@@ -399,9 +402,15 @@ def patching_heatmap(result, normalized: bool = True, title: Optional[str] = Non
         fig.update_layout(title=title, xaxis_title=dims[0], yaxis_title=name)
         return fig
     if len(dims) == 2:
-        fig = go.Figure(go.Heatmap(z=arr, x=axis(dims[1]), y=axis(dims[0]), hovertemplate=hover,
-                                   colorbar=dict(title=name), **_diverging(arr)))
+        xs, ys = axis(dims[1]), axis(dims[0])
+        fig = go.Figure(go.Heatmap(z=arr, x=xs, y=ys, hovertemplate=hover, colorbar=dict(title=name),
+                                   **_diverging(arr)))
         fig.update_layout(title=title, xaxis_title=dims[1], yaxis_title=dims[0], yaxis_autorange="reversed")
+        if clickable:
+            add_click_targets(fig, xs, ys, [[f"{y} {x}<br>{name} {arr[i, j]:.3f}" for j, x in enumerate(xs)]
+                                            for i, y in enumerate(ys)], size=max(8, min(40, 400 // max(arr.shape))))
+        if selected is not None and 0 <= selected[0] < arr.shape[0] and 0 <= selected[1] < arr.shape[1]:
+            mark_cell(fig, selected[0], selected[1])
         return fig
     L = arr.shape[0]
     fig = make_subplots(rows=L, cols=1, subplot_titles=list(labels["layer"]), vertical_spacing=0.04 if L > 1 else 0.0)
@@ -481,16 +490,23 @@ def logit_attribution_stacked(dla, batch: Optional[int] = 0, pos: int = -1, n_na
 
 
 def logit_attribution_heatmap(dla, batch: Optional[int] = 0, labels: Optional[Sequence[str]] = None,
-                              title: Optional[str] = None) -> go.Figure:
+                              title: Optional[str] = None, selected_pos: Optional[int] = None,
+                              clickable: bool = False) -> go.Figure:
     """Components x positions: every component's contribution at every position (`labels`:
-    token labels of `dla.positions`)."""
+    token labels of `dla.positions`). `selected_pos` (an index into `dla.positions`) outlines a
+    column; `clickable` adds click targets (row-major over components x positions)."""
     v = dla.values
     arr = _np(v.nanmean(1) if batch is None else v[:, batch])
     x = unique_labels(labels if labels is not None else [str(p) for p in dla.positions])
-    fig = go.Figure(go.Heatmap(z=arr, x=x, y=list(dla.labels), hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>",
+    y = list(dla.labels)
+    fig = go.Figure(go.Heatmap(z=arr, x=x, y=y, hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>",
                                colorbar=dict(title="logit"), **_diverging(arr)))
     fig.update_layout(title=title or "direct logit attribution", xaxis_title="position", yaxis_title="component",
                       yaxis_autorange="reversed", height=max(350, 14 * len(dla.labels)))
+    if clickable:
+        add_click_targets(fig, x, y, [[f"{c} at {p}: {arr[i, j]:.3f}" for j, p in enumerate(x)] for i, c in enumerate(y)])
+    if selected_pos is not None and 0 <= selected_pos < arr.shape[1]:
+        mark_column(fig, selected_pos, arr.shape[0])
     return fig
 
 

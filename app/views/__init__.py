@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional
 
-from . import attention, compare, lens, steps, streams, training
+from . import attention, attribution, compare, lens, patching, steps, streams, thoughts, training
 from .common import Ctx, Prompt
 
 __all__ = ["Ctx", "Page", "PAGES", "Prompt", "available"]
@@ -50,7 +50,10 @@ PAGES = [
     Page("attention", attention),
     Page("streams", streams),
     Page("lens", lens),
+    Page("attribution", attribution),
+    Page("patching", patching),
     Page("steps", steps),
+    Page("thoughts", thoughts),
     Page("compare", compare),
     Page("training", training),
 ]

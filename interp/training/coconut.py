@@ -254,17 +254,18 @@ def evaluate_coconut(
     device: Optional[torch.device] = None,
     amp: Optional[torch.dtype] = None,
     return_rows: bool = False,
+    start: int = 0,
 ) -> dict:
-    """Greedy answers of the first `n` examples of `split`, the way `staged.o["mode"]` answers
-    (at `stage`, default the last): accuracy, mean generated tokens (language tokens up to
-    `<eos>`, plus thoughts for Coconut) and mean language tokens. `return_rows` adds a per-example
-    list (correct, generated ids)."""
+    """Greedy answers of `n` examples of `split` from index `start` (default: the first `n`), the
+    way `staged.o["mode"]` answers (at `stage`, default the last): accuracy, mean generated tokens
+    (language tokens up to `<eos>`, plus thoughts for Coconut) and mean language tokens.
+    `return_rows` adds a per-example list (correct, generated ids)."""
     o, mode, tok = staged.o, staged.o["mode"], staged.tokenizer
     stage = final_stage(o) if stage is None else stage
     if mode in ("cot", "no_cot"):
         stage = 0
     device = device or next(model.parameters()).device
-    parts = staged.parts(split)[: n if n is not None else None]
+    parts = staged.parts(split)[start : start + n if n is not None else None]
     eos, eot, bot = tok.eos_token_id, tok.eot_token_id, tok.bot_token_id
     jobs: dict[tuple[int, bool], list[int]] = {}  # (n_latent, feed <eot>) -> example indices
     prompts, targets, budgets = [], [], []

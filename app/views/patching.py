@@ -1,0 +1,221 @@
+"""Patching: the prompt (clean) and a corrupted twin of the same length side by side, a metric
+(logit difference of the two runs' answers, probability, log-probability or loss), denoising
+or noising, and activation patching of every site as layer x position maps (resid_pre,
+attn_out, mlp_out; xt / xe for factored models) and a layer x head map (z). Clicking a cell
+selects that layer and position (or head) for every page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from interp import plots
+
+from .. import components, data
+from ..data import AppError
+from ..state import set_param
+from .common import Ctx, chart, export, grid_point
+from .steps import MISMATCH
+
+TITLE = "Patching"
+METRICS = {"logit_diff": "logit difference (clean − corrupted answer)", "prob": "probability of the clean answer",
+           "logprob": "log-probability of the clean answer", "loss": "loss on the clean prompt"}
+DIRECTIONS = {"denoise": "denoise: clean into corrupted", "noise": "noise: corrupted into clean"}
+ACT_HELP = {"resid_pre": "residual stream entering each block", "resid_mid": "residual between attention and MLP",
+            "resid_post": "residual leaving each block", "attn_out": "attention output", "mlp_out": "MLP output",
+            "z": "each head's output (every position)", "xt_pre": "xt stream entering each block",
+            "xe_pre": "xe stream entering each block", "xt_post": "xt leaving each block", "xe_post": "xe leaving each block"}
+WIDE = 48  # layer x position maps of longer prompts get the page's whole width
+
+
+def site_options(cfg) -> tuple[list[str], list[str]]:
+    """(activation kinds this model has, the default selection)."""
+    acts = ["resid_pre"]
+    if not cfg.attn_only and cfg.block == "sequential":
+        acts.append("resid_mid")
+    acts += ["resid_post", "attn_out"] + ([] if cfg.attn_only else ["mlp_out"]) + ["z"]
+    if cfg.stream == "factored":
+        acts += ["xt_pre", "xe_pre", "xt_post", "xe_post"]
+    default = [a for a in ("resid_pre", "attn_out", "mlp_out", "z") if a in acts]
+    default += ["xt_pre", "xe_pre"] if cfg.stream == "factored" else []
+    return acts, default
+
+
+def _text(ck, ids) -> str:
+    """Prompt text of `ids` as the prompt box shows it (the model's <bos> is implied)."""
+    ids = list(ids)
+    if ids and ids[0] == ck.cfg.bos_token_id and data.uses_bos(ck):
+        ids = ids[1:]
+    return ck.tokenizer.decode(ids)
+
+
+def _corrupted(ctx: Ctx, p) -> tuple[tuple[int, ...], str]:
+    ck, view = ctx.ck, ctx.view
+    made, how = data.default_corruption(ck, p.ids)
+    default = _text(ck, made) if made is not None else ""
+    text = view.get("corrupt") or default
+    view.widget("text_area", "corrupt", "Corrupted prompt (same number of tokens)", value=text, height=90,
+                to_url=lambda t: None if t == default else t,
+                help="The run patched from (denoise) or into (noise). Default: the prompt with one change: for "
+                     "arithmetic the first operand's last digit (same carries), for induction another repeated block, "
+                     "otherwise the single token whose change moves the model's prediction. Ctrl+Enter applies.")
+    if text != default and default:
+        st.button("Use the default corruption", on_click=set_param, args=("corrupt", None), key="reset_corrupt")
+    if not text.strip():
+        raise AppError("Type a corrupted prompt: the prompt with a change that should alter the answer, of the same "
+                       "number of tokens.")
+    try:
+        ids = tuple(data.encode(ck, text))
+    except AppError as e:
+        raise AppError(f"Corrupted prompt: {e}") from None
+    if len(ids) != len(p.ids):
+        raise AppError(f"The clean and corrupted prompts must tokenize to the same length: the prompt is {len(p.ids)} "
+                       f"tokens, the corrupted prompt {len(ids)}. Change tokens one for one (e.g. a digit for a digit).")
+    return ids, how if text == default else "typed"
+
+
+def _select(res, pt: dict) -> None:
+    """A click on a map cell -> layer and position (stream maps) or layer and head (z)."""
+    row, col = grid_point(len(res.labels[res.dims[1]]))(pt)
+    set_param("layer", res.index["layer"][row])
+    set_param(res.dims[1], res.index[res.dims[1]][col])
+
+
+def render(ctx: Ctx) -> None:
+    view, ck, cfg = ctx.view, ctx.ck, ctx.cfg
+    c1, c2 = st.columns(2)
+    with c1:
+        p = ctx.prompt()
+        st.caption("The **clean** run: the prompt every page shares.")
+    with c2:
+        cor, how = _corrupted(ctx, p)
+        if how:
+            st.caption(f"Corruption: {how}.")
+    ids, T = p.ids, len(p)
+    vocab = data.decode_list(ck)
+    differ = [a != b for a, b in zip(ids, cor)]
+    cor_labels = data.labels(ck, cor)
+    if not any(differ):
+        raise AppError("The clean and corrupted prompts are the same: patching one into the other changes nothing. "
+                       "Change a token of the corrupted prompt.")
+    show = [f"{a}→{b}" if d else a for a, b, d in zip(p.labels, cor_labels, differ)]
+
+    c1, c2, c3, c4 = st.columns([2, 2, 1.6, 3])
+    metric = view.choice("metric", list(METRICS))
+    view.widget("selectbox", "metric", "Metric", value=metric, options=list(METRICS), format_func=METRICS.get,
+                container=c1)
+    direction = view.choice("pdir", list(DIRECTIONS))
+    view.widget("radio", "pdir", "Direction", value=direction, options=list(DIRECTIONS), format_func=DIRECTIONS.get,
+                container=c2, help="Denoise: run the corrupted prompt and patch in clean activations (which sites "
+                "restore the answer?). Noise: run the clean prompt and patch in corrupted ones (which sites break it?).")
+    auto = data.metric_positions(ck, ids, cor)
+    mpos = view.get("mpos")
+    mpos = mpos if mpos is not None and 0 <= mpos < T else None
+    auto_text = ", ".join(map(str, auto)) if len(auto) <= 3 else f"{auto[0]}…{auto[-1]} (mean)"
+    view.widget("selectbox", "mpos", "Metric position", value=mpos, options=[None] + list(range(T)), container=c3,
+                format_func=lambda i: f"auto ({auto_text})" if i is None else f"{i}: {show[i]}",
+                disabled=metric == "loss", help="Where the metric reads the logits. Auto: the position predicting "
+                "the first answer token where the prompts differ (induction: every repeated token, averaged); else "
+                "the last position.")
+    positions = [mpos] if mpos is not None else auto
+    acts_all, acts_default = site_options(cfg)
+    acts = [a for a in (view.get("acts") or acts_default) if a in acts_all] or acts_default
+    view.widget("multiselect", "acts", "Sites", value=acts, options=acts_all, container=c4,
+                format_func=lambda a: a, to_url=lambda v: None if list(v) == acts_default else list(v),
+                help="; ".join(f"{a}: {ACT_HELP[a]}" for a in acts_all))
+    normalized = bool(view.get("pnorm"))
+
+    good, bad, source = data.answers(ctx.key, ids, cor, positions)
+    strip_colors = [MISMATCH if d else None for d in differ]
+    components.token_strip("patch_clean", p.labels, colors=strip_colors, prefix="clean: ",
+                           titles=[f"{i}: {t}" for i, t in enumerate(p.labels)], selected=positions[-1])
+    components.token_strip("patch_corrupt", cor_labels, colors=strip_colors, prefix="corrupted: ",
+                           titles=[f"{i}: {t}" for i, t in enumerate(cor_labels)], selected=positions[-1])
+    if metric == "loss":
+        what = "mean next-token loss on the clean prompt"
+    else:
+        at = ", ".join(f"{q} ({vocab[g]}" + (f" vs {vocab[b]})" if metric == "logit_diff" else ")")
+                       for q, g, b in zip(positions[:4], good, bad)) + ("…" if len(positions) > 4 else "")
+        what = {"logit_diff": "logit(clean answer) − logit(corrupted answer)", "prob": "p(clean answer)",
+                "logprob": "log p(clean answer)"}[metric] + f" at position {at}; answers: {source}"
+    if metric == "logit_diff" and good == bad:
+        st.warning(f"Both runs' answers are the same token ({', '.join(vocab[g] for g in good[:4])}) where the metric "
+                   "reads, so the logit difference is 0 for every patch. Choose a metric position where the prompts' "
+                   "next tokens differ, change the corrupted prompt so the model answers differently, or use another "
+                   "metric.")
+        return
+
+    chosen = list(acts)
+    if not chosen:
+        st.info("Choose at least one site to patch.")
+        return
+    bar = st.progress(0.0, text="Patching…")
+    results = {}
+    for i, act in enumerate(chosen):
+        def report(done: int, total: int, i=i, act=act) -> None:
+            bar.progress(min(1.0, (i + done / max(total, 1)) / len(chosen)),
+                         text=f"Patching {act}: {done}/{total} sites (sweep {i + 1} of {len(chosen)})")
+        results[act] = data.patch_sweep(ctx.key, ids, cor, act, metric, tuple(positions), good, bad, direction,
+                                        tuple(show), progress=report)
+    bar.empty()
+    first = results[chosen[0]]
+    clean_v, cor_v = (first.source, first.baseline) if direction == "denoise" else (first.baseline, first.source)
+    st.markdown(f"**Metric**: {what}. Clean run **{float(clean_v):.3f}**, corrupted run **{float(cor_v):.3f}**.")
+    if abs(float(first.source - first.baseline)) < 1e-6 and normalized:
+        st.warning("The clean and corrupted runs score the same on this metric, so normalized effects are undefined; "
+                   "colours show the raw change instead.")
+        normalized = False
+    c1, _ = st.columns([2, 3])
+    view.widget("toggle", "pnorm", "Normalized (1 = the patch moves the metric all the way to the source run's value)",
+                value=normalized, container=c1)
+    _maps(ctx, results, chosen, normalized, T)
+
+
+def _maps(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, T: int) -> None:
+    cfg, view = ctx.cfg, ctx.view
+    layer, head = ctx.layer(), ctx.head()
+    pos = view.get("pos")
+    stream_acts = [a for a in chosen if results[a].dims == ("layer", "pos")]
+    head_acts = [a for a in chosen if results[a].dims == ("layer", "head")]
+    what = "normalized effect" if normalized else "change of the metric"
+    st.caption(f"Colour: the {what} of patching each site ({results[chosen[0]].direction}); red raises the metric, "
+               "blue lowers it. Click a cell to select that layer and position (or head) on every page; the "
+               "selection is outlined. Positions after the last one the metric reads cannot change it and are left out.")
+    keys = []
+    n_cols = 1 if T > WIDE else 2
+    h = max(260, 120 + 42 * cfg.n_layers)
+    for j in range(0, len(stream_acts), n_cols):
+        cols = st.columns(n_cols)
+        for col, act in zip(cols, stream_acts[j:j + n_cols]):
+            res = results[act]
+            sel = (layer, res.index["pos"].index(pos)) if pos in res.index["pos"] else None
+            fig = plots.patching_heatmap(res, normalized=normalized, title=f"{act}: layer × position",
+                                         selected=sel, clickable=True)
+            plots.token_axis(fig, "x", len(res.index["pos"]))
+            chart(fig.update_layout(height=h, margin=dict(t=50, b=40)), f"patch_{act}",
+                  on_point=lambda pt, res=res: _select(res, pt), container=col)
+            keys.append(f"patch_{act}")
+    left, right = st.columns([2, 3])
+    for act in head_acts:
+        res = results[act]
+        fig = plots.patching_heatmap(res, normalized=normalized, title=f"{act}: layer × head", selected=(layer, head),
+                                     clickable=True)
+        chart(fig.update_layout(height=h, margin=dict(t=50, b=40)), f"patch_{act}",
+              on_point=lambda pt, res=res: _select(res, pt), container=left)
+        keys.append(f"patch_{act}")
+    rows = []
+    for act in chosen:
+        for site, v in results[act].top(5, by="normalized" if normalized else "effect"):
+            rows.append({"sites": act, "site": site, what: round(v, 4)})
+    with right if head_acts else st.container():
+        st.markdown("**Largest effects**")
+        st.dataframe(pd.DataFrame(rows).sort_values(what, key=abs, ascending=False).head(12), hide_index=True,
+                     width="stretch")
+    name = ctx.ck.name.replace("/", "_")
+    export(f"{name}_patching", key="patch_export", charts=keys,
+           table=lambda: pd.concat([results[a].to_frame().assign(act=a) for a in chosen], ignore_index=True),
+           arrays=lambda: {f"{a}_{k}": v for a in chosen for k, v in
+                           (("values", results[a].values.numpy()), ("normalized", results[a].normalized().numpy()))}
+           | {"baseline": np.array(float(results[chosen[0]].baseline)),
+              "source": np.array(float(results[chosen[0]].source))})
