@@ -402,7 +402,7 @@ def _task(task_json: str):
 
 # Tasks whose test and val examples are drawn before the training ones, so building them with
 # n_train=0 gives the same test split, fast. (Not modular: its test split is what train leaves.)
-TEST_FIRST = ("arithmetic", "induction")
+TEST_FIRST = ("arithmetic", "induction", "graph", "rules")  # graph, rules: FactsTask draws test, val, train
 
 
 def task_for(ck: Loaded, **overrides):
@@ -919,8 +919,11 @@ def thought_answer(key: tuple, split: str, index: int) -> dict:
 
     r, tok, staged = reasoner(key)
     row = evaluate_coconut(r.model, staged, split, n=1, start=index, return_rows=True)["rows"][0]
-    answer = staged.parts(split)[index].answer[0]
-    return {"correct": row["correct"], "generated": tok.decode(row["generated"]), "answer": tok.decode(list(answer))}
+    answer = list(staged.parts(split)[index].answer[0])
+    eos = tok.eos_token_id
+    cut = lambda ids: ids[: ids.index(eos)] if eos in ids else ids  # noqa: E731 (<eos> ends both)
+    return {"correct": row["correct"], "generated": tok.decode(cut(list(row["generated"]))),
+            "answer": tok.decode(cut(answer))}
 
 
 def thought_batch(key: tuple, split: str, start: int, n: int = 1):

@@ -613,14 +613,16 @@ def thought_timeline(view: dict, title: Optional[str] = None) -> go.Figure:
     fig = make_subplots(rows=3, cols=1, shared_xaxes=False, vertical_spacing=0.12, row_heights=[0.4, 0.35, 0.25],
                         subplot_titles=("top decoded tokens of each thought", "answer's attention into each slot",
                                         "P(answer) with t thoughts"))
+    lo_hi = fig.layout.yaxis2.domain  # the attention panel's colour bar sits beside it
     fig.add_trace(go.Heatmap(z=probs.T, x=xs, y=[f"#{i + 1}" for i in range(k)], zmin=0, zmax=1,
                              colorscale="Blues", text=[[tokens[s][i] for s in range(S)] for i in range(k)],
                              texttemplate="%{text}", showscale=False,
                              hovertemplate="%{x} %{y}: %{text} p=%{z:.3f}<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Heatmap(z=attn, x=[f"slot {s}" for s in range(attn.shape[1])],
                              y=list(view.get("layer_names", []))[1:] or [f"layer {l}" for l in range(attn.shape[0])],
-                             colorscale="Viridis", zmin=0, showscale=False,
-                             hovertemplate="%{y} -> %{x}: %{z:.3f}<extra></extra>"), row=2, col=1)
+                             colorscale="Viridis", zmin=0, hovertemplate="%{y} -> %{x}: %{z:.3f}<extra></extra>",
+                             colorbar=dict(title="attn", len=lo_hi[1] - lo_hi[0], y=sum(lo_hi) / 2, thickness=14)),
+                  row=2, col=1)
     fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines+markers", showlegend=False,
                              hovertemplate="%{x} thoughts: %{y:.3f}<extra></extra>"), row=3, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=1)

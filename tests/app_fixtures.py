@@ -7,6 +7,7 @@
     add3_none / add3_mask_steps / add3_mask_answer
                                  math-compact, 3-digit scratchpad addition, one per step_masking_mode
     induction_attn_only          2-layer attention-only on repeated random tokens
+    induction_sasp               (not in NAMES; `make_checkpoint` only) shaped attention, SAS-P
     broken                       a directory whose config.json is not JSON
 
 `make_run(root, name)` writes a training run the way the trainer does
@@ -89,6 +90,12 @@ def make_checkpoint(root: Path, name: str, train_steps: int = 0, size: str = "ti
         tok = t.tokenizer
         model = presets.make("vanilla", "tiny", attn_only=True, d_vocab=tok.vocab_size, **tok.special_token_ids())
         model = _perturb(model, seed=7)
+    elif name == "induction_sasp":  # shaped attention: direct logit attribution refuses it
+        task = dict(INDUCTION)
+        t = make_task(**task)
+        tok = t.tokenizer
+        model = presets.make("sasp", "tiny", d_vocab=tok.vocab_size, **tok.special_token_ids())
+        model = _perturb(model, seed=8, scale=0.05)
     else:
         raise ValueError(f"unknown fixture checkpoint {name!r}")
     return interp.save(model, root / name, tok, task=task, metrics=metrics,

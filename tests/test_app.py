@@ -646,3 +646,323 @@ def test_training_page_on_every_shipped_run(name, monkeypatch):
             assert f["data"][0]["type"] == "heatmap" and all(y.startswith("L") for y in f["data"][0]["y"])
     for page in ("attention", "streams", "lens", "steps", "compare"):
         goto(at, page)
+
+
+# ------------------------------------------------------------------ Attribution
+def _nan_close(got, want, atol=1e-4):
+    np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), atol=atol, equal_nan=True)
+
+
+def _texts(at) -> str:
+    return "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
+
+
+def test_attribution_page(app, ckpts):
+    """Stacked contributions, top components, xt / xe streams and the component x position map
+    against `direct_logit_attribution`, the components' sum against the model's own logits, and
+    every control (target mode, typed target, contrast token, position)."""
+    from interp.attribution import direct_logit_attribution
+
+    text = "To be, or not to be"
+    at = app(url=dict(page="attribution", prompt=text))
+    model, tok = interp.load(ckpts["shakespeare_factored_alibi"])
+    tokens = prompt_ids(model, text)
+    T = tokens.shape[1]
+    with torch.no_grad():
+        logits = model(tokens)[0]
+    want = direct_logit_attribution(model, tokens)
+    pos = T - 2  # text: the last position that has a next token
+    assert at.selectbox(key="w.pos").value == pos
+    figs = charts(at)
+    col = want.values[:, 0, pos]
+    assert sum(sum(t["y"]) for t in figs["attr_stacked"]["data"]) == pytest.approx(float(col.sum()), abs=1e-3)
+    top = figs["attr_top"]["data"][0]
+    assert top["y"] == [n for n, _ in want.top(15, 0, pos)]
+    _nan_close(top["x"], [v for _, v in want.top(15, 0, pos)])
+    # the components and the constant add up to the model's logit of the next token
+    nxt = int(tokens[0, pos + 1])
+    assert float(col.sum() + want.constant[0, pos]) == pytest.approx(float(logits[pos, nxt]), abs=1e-3)
+    assert f"= **{float(logits[pos, nxt]):.3f}**" in _texts(at)
+    lines = {t["name"]: t["y"] for t in figs["attr_streams"]["data"]}  # factored model: xt and xe
+    _nan_close(lines["xt"], want.per_stream()["xt"][0])
+    _nan_close(lines["xe"], want.per_stream()["xe"][0])
+    _nan_close(figs["attr_map"]["data"][0]["z"], want.values[:, 0])
+    assert figs["attr_map"]["layout"]["shapes"][0]["x0"] == pos - 0.5  # the position on show is outlined
+    ex = exports(at)
+    assert ex["attr_export"][1]["values"].shape == (len(want.labels),) and b"L0H0" in ex["attr_export"][0]
+    assert ex["attr_map_export"][1]["values"].shape == (len(want.labels), T)
+
+    # the model's top-1 at every position (default position: the last)
+    at.radio(key="w.tmode").set_value("top1").run()
+    ok(at)
+    assert at.query_params["tmode"] == "top1" and at.selectbox(key="w.pos").value == T - 1
+    top1 = direct_logit_attribution(model, tokens, target=logits.argmax(-1)[None])
+    assert charts(at)["attr_top"]["data"][0]["y"][0] == top1.top(1, 0, T - 1)[0][0]
+    _nan_close(charts(at)["attr_map"]["data"][0]["z"], top1.values[:, 0])
+    # a typed target against a contrast token, at a chosen position: a logit difference
+    at.radio(key="w.tmode").set_value("token").run()
+    assert not at.exception and "Type the target token" in at.error[0].value
+    at.text_input(key="w.target").set_value("e").run()
+    at.text_input(key="w.wrong").set_value("a").run()
+    at.selectbox(key="w.pos").set_value(5).run()
+    ok(at)
+    assert {k: at.query_params[k] for k in ("target", "wrong", "pos")} == {"target": "e", "wrong": "a", "pos": "5"}
+    e, a = tok.encode("e")[0], tok.encode("a")[0]
+    diff = direct_logit_attribution(model, tokens, target=e, wrong=a)
+    assert float(diff.values[:, 0, 5].sum() + diff.constant[0, 5]) == pytest.approx(float(logits[5, e] - logits[5, a]),
+                                                                                   abs=1e-3)
+    assert sum(sum(t["y"]) for t in charts(at)["attr_stacked"]["data"]) == \
+        pytest.approx(float(diff.values[:, 0, 5].sum()), abs=1e-3)
+    assert "logit(e) − logit(a)" in _texts(at)
+    # bad input is a message
+    at.text_input(key="w.wrong").set_value("ab").run()
+    assert not at.exception and "is 2 tokens" in at.error[0].value
+    at.text_input(key="w.wrong").set_value("").run()
+    at.radio(key="w.tmode").set_value("next").run()
+    at.selectbox(key="w.pos").set_value(T - 1).run()
+    ok(at)
+    assert any("has no next token" in i.value for i in at.info)
+
+
+def test_attribution_refuses_shaped_attention(tmp_path, monkeypatch):
+    from app_fixtures import make_checkpoint
+
+    make_checkpoint(tmp_path, "induction_sasp")
+    monkeypatch.setenv("INTERP_CHECKPOINT_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["explorer.py"])
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(page="attribution")
+    at.run()
+    ok(at)
+    assert any("SAS-P" in w.value and "does not apply" in w.value for w in at.warning), [w.value for w in at.warning]
+    goto(at, "patching")  # patching has no such limit
+    assert "patch_resid_pre" in charts(at)
+
+
+# ------------------------------------------------------------------ Patching
+def _hook_patch(model, clean, corrupt, name: str, pos: int, metric):
+    """One denoising patch by hand: the corrupted run with `name` at `pos` taken from the clean run."""
+    _, cache = model.run_with_cache(clean)
+
+    def put(x, hook):
+        x = x.clone()
+        x[:, pos] = cache[name][:, pos]
+        return x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(name, put)]):
+        return float(metric(model(corrupt)))
+
+
+def test_patching_page(app, ckpts):
+    """add3: the default corruption changes one operand digit (same carries), the metric reads
+    the answer digit that differs; the maps equal `activation_patching` and, cell by cell, a
+    hand-made hook patch; every control; bad corrupted prompts are messages."""
+    from interp import patching
+
+    at = app(url=dict(ckpt="add3_none", page="patching"))
+    model, tok = interp.load(ckpts["add3_none"])
+    text, cor_text = at.text_area(key="w.prompt").value, at.text_area(key="w.corrupt").value
+    clean = torch.tensor([[model.cfg.bos_token_id] + tok.encode(text)])
+    cor = torch.tensor([[model.cfg.bos_token_id] + tok.encode(cor_text)])
+    T = clean.shape[1]
+    assert cor.shape == clean.shape
+    differ = (clean != cor)[0].nonzero()[:, 0].tolist()
+    assert differ[0] == 3 and text[:2] == cor_text[:2] and text[2] != cor_text[2]  # the first operand's units digit
+    assert text[3:text.index("<bot>")] == cor_text[3:cor_text.index("<bot>")]  # the rest of the problem is the same
+    eot = clean[0].tolist().index(model.cfg.eot_token_id)
+    first = next(i for i in differ if i > eot)  # the first answer digit that differs
+    p = first - 1
+    metric = patching.logit_diff(clean[0, first], cor[0, first], pos=p)
+    figs = charts(at)
+    assert set(figs) >= {"patch_resid_pre", "patch_attn_out", "patch_mlp_out", "patch_z"}
+    resid = patching.activation_patching(model, clean, cor, metric, "resid_pre", positions=range(p + 1))
+    _nan_close(figs["patch_resid_pre"]["data"][0]["z"], resid.normalized(), atol=1e-4)
+    heads = patching.activation_patching(model, clean, cor, metric, "z")
+    _nan_close(figs["patch_z"]["data"][0]["z"], heads.normalized(), atol=1e-4)
+    # one cell by hand: the changed operand digit entering block 1
+    by_hand = _hook_patch(model, clean, cor, "blocks.1.hook_resid_pre", 3, metric)
+    assert float(resid.values[1, 3]) == pytest.approx(by_hand, abs=1e-4)
+    assert f"Clean run **{float(resid.source):.3f}**" in _texts(at)
+    assert len(figs["patch_resid_pre"]["data"][0]["x"]) == p + 1  # later positions cannot change the metric
+    ex = exports(at)["patch_export"]
+    assert ex[1]["resid_pre_values"].shape == (model.cfg.n_layers, p + 1) and b"resid_pre" in ex[0]
+
+    # controls: probability, noising, only the heads, raw effects
+    at.selectbox(key="w.metric").set_value("prob").run()
+    at.radio(key="w.pdir").set_value("noise").run()
+    at.multiselect(key="w.acts").set_value(["z"]).run()
+    at.toggle(key="w.pnorm").set_value(False).run()
+    ok(at)
+    assert {k: at.query_params[k] for k in ("metric", "pdir", "pnorm")} == {"metric": "prob", "pdir": "noise", "pnorm": "0"}
+    assert at.query_params["acts"] in ("z", ["z"])  # a one-item list reads back as its item
+    assert set(charts(at)) == {"patch_z"}
+    want = patching.activation_patching(model, clean, cor, patching.prob(clean[0, first], pos=p), "z", direction="noise")
+    _nan_close(charts(at)["patch_z"]["data"][0]["z"], want.effect, atol=1e-5)
+    # a chosen metric position where both runs agree: a logit difference would be 0 everywhere
+    at.selectbox(key="w.metric").set_value("logit_diff").run()
+    at.selectbox(key="w.mpos").set_value(1).run()
+    assert not at.exception and "the logit difference is 0" in at.warning[0].value
+    at.selectbox(key="w.mpos").set_value(-1).run()  # back to auto
+    ok(at)
+    assert "mpos" not in at.query_params and charts(at)
+    # a corrupted prompt of another length, or the clean one itself: messages, and a way back
+    at.text_area(key="w.corrupt").set_value("12+3=").run()
+    assert not at.exception and "same length" in at.error[0].value
+    at.text_area(key="w.corrupt").set_value(text).run()
+    assert not at.exception and "are the same" in at.error[0].value
+    at.button(key="reset_corrupt").click().run()
+    ok(at)
+    assert "corrupt" not in at.query_params and at.text_area(key="w.corrupt").value == cor_text
+
+
+def test_patching_defaults_per_task_and_streams(app, ckpts):
+    """induction: another repeated block, the metric averaged over the repeat; text: one token
+    changed, the two runs' top-1 answers differ; factored models sweep xt and xe too."""
+    from interp import patching
+
+    at = app(url=dict(ckpt="induction_attn_only", page="patching"))
+    model, tok = interp.load(ckpts["induction_attn_only"])
+    clean = prompt_ids(model, at.text_area(key="w.prompt").value)
+    cor = prompt_ids(model, at.text_area(key="w.corrupt").value)
+    body, n = cor[0, 1:-1].tolist(), (cor.shape[1] - 2) // 2
+    assert body[:n] == body[n:] and not set(body) & set(clean[0, 1:-1].tolist())  # B B with fresh symbols
+    assert set(charts(at)) == {"patch_resid_pre", "patch_attn_out", "patch_z"}  # attention-only: no MLP
+    pos = torch.arange(n + 1, 2 * n + 1)[None]  # every repeated token after the first
+    metric = patching.logit_diff(clean[:, pos[0] + 1], cor[:, pos[0] + 1], pos)
+    heads = patching.activation_patching(model, clean, cor, metric, "z")
+    _nan_close(charts(at)["patch_z"]["data"][0]["z"], heads.normalized(), atol=1e-4)
+
+    at = app(url=dict(page="patching", prompt="To be, or not to be"))
+    model, tok = interp.load(ckpts["shakespeare_factored_alibi"])
+    clean = prompt_ids(model, "To be, or not to be")
+    cor = prompt_ids(model, at.text_area(key="w.corrupt").value)
+    assert int((clean != cor).sum()) == 1
+    with torch.no_grad():
+        a, b = int(model(clean)[0, -1].argmax()), int(model(cor)[0, -1].argmax())
+    assert a != b
+    figs = charts(at)
+    assert {"patch_xt_pre", "patch_xe_pre"} <= set(figs)
+    xe = patching.activation_patching(model, clean, cor, patching.logit_diff(a, b, -1), "xe_pre")
+    _nan_close(figs["patch_xe_pre"]["data"][0]["z"], xe.normalized(), atol=1e-4)
+
+
+def test_patch_sweep_reports_progress_and_is_cached(ckpts):
+    from app import data
+
+    ck = data.load(ckpts["induction_attn_only"])
+    ids = tuple(range(1, 9))
+    cor = (1,) + tuple(range(10, 17))
+    seen = []
+    args = (ck.key, ids, cor, "resid_pre", "logit_diff", (6,), (8,), (16,), "denoise", tuple(map(str, ids)))
+    res = data.patch_sweep(*args, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] == res.values.numel()
+    again = []
+    assert data.patch_sweep(*args, progress=lambda d, t: again.append(d)) is res and again == []  # cached
+
+
+# ------------------------------------------------------------------ Latent thoughts
+def _shipped(monkeypatch, **url):
+    monkeypatch.setenv("INTERP_CHECKPOINT_ROOT", str(SHIPPED))
+    monkeypatch.setattr(sys, "argv", ["explorer.py"])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(url)
+    return at.run()
+
+
+@pytest.fixture(scope="module")
+def coconut_add3():
+    from interp import thoughts
+
+    return thoughts.load(SHIPPED / "coconut_add3_coconut", task_overrides={"n_train": 0})
+
+
+def test_latent_thoughts_page(monkeypatch, coconut_add3):
+    """The timeline, lens, attention and patching of a shipped Coconut checkpoint against direct
+    `interp.thoughts` calls; the answer check against `evaluate_coconut`; every control."""
+    from interp import thoughts
+    from interp.training.coconut import evaluate_coconut
+
+    reasoner, tok, staged = coconut_add3
+    at = _shipped(monkeypatch, ckpt="coconut_add3_coconut", page="thoughts")
+    ok(at)
+    want = thoughts.timeline(reasoner, staged, "test", 0, 5)
+    fig = charts(at)["thought_timeline"]
+    assert fig["data"][0]["text"] == [[want["top_tokens"][s][i] for s in range(len(want["top_tokens"]))] for i in range(5)]
+    _nan_close(fig["data"][2]["y"], want["answer_prob"], atol=1e-5)
+    _nan_close(fig["data"][1]["z"], want["attention"], atol=1e-5)
+    row = evaluate_coconut(reasoner.model, staged, "test", n=1, return_rows=True)["rows"][0]
+    verdict = "correct" if row["correct"] else "wrong"
+    assert f"**{verdict}**" in _texts(at) and "`1017`" in _texts(at)  # the first test problem: 876+141
+    batch = thoughts.latent_batch(staged, "test", 1)
+    lens = thoughts.thought_lens(reasoner, batch.input_ids, 5)
+    _nan_close(charts(at)["thought_lens"]["data"][0]["z"], lens.top_probs[0, :, :, 0].T, atol=1e-5)
+    att = thoughts.answer_attention(reasoner, batch)[0]
+    _nan_close(charts(at)["thought_attention"]["data"][0]["z"], att.reshape(-1, att.shape[-1]), atol=1e-5)
+    patched = thoughts.patch_thought(reasoner, batch, thoughts.latent_batch(staged, "test", 1, start=1), 0)
+    assert at.metric[0].value == f"{float(patched['p_answer_patched'][0]):.3f}"
+    assert at.metric[1].value == f"{float(patched['p_source_answer_patched'][0]):.3f}"
+    assert "thought_frontier" not in charts(at)  # arithmetic: no search frontier
+
+    # controls: example, top-k, split, donor, slot (all in the URL)
+    at.number_input(key="w.index").set_value(3).run()
+    at.slider(key="w.topk").set_value(3).run()
+    at.radio(key="w.split").set_value("val").run()
+    at.number_input(key="w.donor").set_value(7).run()
+    at.selectbox(key="w.slot").set_value(2).run()
+    ok(at)
+    assert {k: at.query_params[k] for k in ("index", "topk", "split", "donor", "slot")} == \
+        {"index": "3", "topk": "3", "split": "val", "donor": "7", "slot": "2"}
+    want = thoughts.timeline(reasoner, staged, "val", 3, 3)
+    fig = charts(at)["thought_timeline"]
+    assert len(fig["data"][0]["text"]) == 3 and fig["data"][0]["text"][0] == [t[0] for t in want["top_tokens"]]
+    _nan_close(fig["data"][2]["y"], want["answer_prob"], atol=1e-5)
+    patched = thoughts.patch_thought(reasoner, thoughts.latent_batch(staged, "val", 1, start=3),
+                                     thoughts.latent_batch(staged, "val", 1, start=7), 2)
+    assert at.metric[0].value == f"{float(patched['p_answer_patched'][0]):.3f}"
+    ex = exports(at)
+    assert ex["thought_timeline_export"][1]["answer_prob"].shape == (len(want["answer_prob"]),)
+    # an index past the split is clamped, not an error
+    at = _shipped(monkeypatch, ckpt="coconut_add3_coconut", page="thoughts", index="100000")
+    ok(at)
+    assert at.number_input(key="w.index").value == thoughts_split_size(staged, "test") - 1
+
+
+def thoughts_split_size(staged, split):
+    return len(staged.parts(split))
+
+
+def test_latent_thoughts_frontier_on_the_graph_task(monkeypatch):
+    from interp import thoughts
+
+    at = _shipped(monkeypatch, ckpt="coconut_graph_coconut", page="thoughts", nex="4")
+    ok(at)
+    reasoner, tok, staged = thoughts.load(SHIPPED / "coconut_graph_coconut", task_overrides={"n_train": 0})
+    batch = thoughts.latent_batch(staged, "test", 4)
+    lens = thoughts.thought_lens(reasoner, batch.input_ids, 5)
+    mass = np.array(thoughts.frontier_mass(lens.probs[:, :, -1], batch.examples, tok)["mass"])
+    bars = charts(at)["thought_frontier"]["data"]
+    _nan_close(np.array([b["y"] for b in bars]).T, mass, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,mode", [("coconut_add3_cot", "cot"), ("coconut_graph_pause", "pause"),
+                                       ("add3_none", None)])
+def test_latent_thoughts_only_for_coconut_mode(monkeypatch, name, mode):
+    at = _shipped(monkeypatch, ckpt=name, page="thoughts")
+    assert not at.exception and "thoughts" not in at.radio(key="w.page").options
+    note = at.warning[0].value
+    assert "Latent thoughts page is not available" in note
+    assert (f"mode={mode!r}" in note) if mode else "Coconut checkpoints" in note
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").exists()))
+def test_new_pages_on_every_shipped_checkpoint(name, monkeypatch):
+    """Attribution, Patching (heads only, to stay fast; add3_none sweeps every default site) and,
+    for Coconut checkpoints, Latent thoughts draw on every shipped checkpoint without errors."""
+    at = _shipped(monkeypatch, ckpt=name, page="patching", **({} if name == "add3_none" else {"acts": "z"}))
+    ok(at)
+    assert "patch_z" in charts(at), name
+    goto(at, "attribution")
+    assert {"attr_stacked", "attr_top", "attr_map"} <= set(charts(at)), name
+    if "thoughts" in at.radio(key="w.page").options:
+        goto(at, "thoughts")
+        assert "thought_timeline" in charts(at), name

@@ -62,16 +62,19 @@ def render(ctx: Ctx) -> None:
         wrong_text = view.get("wrong") or ""
         view.widget("text_input", "wrong", "Contrast token (optional)", value=wrong_text, container=t2,
                     placeholder="logit difference", help="Attribute logit(target) - logit(this token) instead.")
+        pos = ctx.pos(T, default_position(ctx, ids, mode))
+        view.widget("selectbox", "pos", "Position (or click a column of the map below)", value=pos,
+                    options=list(range(T)), format_func=lambda i: f"{i}: {p.labels[i]}")
     if mode == "token" and not typed:
         raise AppError("Type the target token (one token of this tokenizer), or choose another target.")
     target = None if mode == "next" else data.top1(ctx.key, ids) if mode == "top1" else _token_id(ck, typed)
     wrong = _token_id(ck, wrong_text) if wrong_text else None
-    dla = data.logit_attribution(ctx.key, ids, target, wrong)
+    try:
+        dla = data.logit_attribution(ctx.key, ids, target, wrong)
+    except data.Unsupported as e:
+        st.warning(str(e))
+        return
     vocab = data.decode_list(ck)
-
-    pos = ctx.pos(T, default_position(ctx, ids, mode))
-    view.widget("selectbox", "pos", "Position (or click a column of the map below)", value=pos, options=list(range(T)),
-                format_func=lambda i: f"{i}: {p.labels[i]}")
     tgt = int(dla.target[0, pos])
     if tgt == -100:
         st.info(f"Position {pos} ({p.labels[pos]}) is the last: it has no next token. Choose another position, or "
@@ -129,12 +132,14 @@ def _map(ctx: Ctx, dla, p, pos: int, vocab) -> None:
     what = "the next token's logit" if ctx.view.get("tmode") == "next" else "the target's logit"
     if dla.wrong is not None:
         what += " minus the contrast token's"
-    st.caption(f"Colour: each component's direct contribution to {what} (red positive, blue negative). Click a cell "
+    st.caption(f"Colour: each component's direct contribution to {what} (blue positive, red negative). Click a cell "
                "to inspect that position (a head's row also selects that head for the other pages).")
     clickable = T * len(dla.labels) <= 40_000
     fig = plots.logit_attribution_heatmap(dla, 0, labels=p.labels, selected_pos=pos, clickable=clickable,
                                           title="Direct logit attribution per component and position")
     plots.token_axis(fig, "x", T)
+    plots.token_axis(fig, "y", len(dla.labels))
+    fig.update_layout(height=max(360, 170 + 17 * len(dla.labels)))
     chart(fig, "attr_map", on_point=(lambda pt: _pick_cell(dla, T, pt)) if clickable else None)
     name = ctx.ck.name.replace("/", "_")
     export(f"{name}_attribution", key="attr_map_export", charts=["attr_map"], table=dla.to_frame,

@@ -26,7 +26,8 @@ ACT_HELP = {"resid_pre": "residual stream entering each block", "resid_mid": "re
             "resid_post": "residual leaving each block", "attn_out": "attention output", "mlp_out": "MLP output",
             "z": "each head's output (every position)", "xt_pre": "xt stream entering each block",
             "xe_pre": "xe stream entering each block", "xt_post": "xt leaving each block", "xe_post": "xe leaving each block"}
-WIDE = 48  # layer x position maps of longer prompts get the page's whole width
+WIDE = 24  # layer x position maps of longer prompts get the page's whole width
+AUTO = -1  # the metric position chosen from the prompts (see data.metric_positions)
 
 
 def site_options(cfg) -> tuple[list[str], list[str]]:
@@ -111,14 +112,15 @@ def render(ctx: Ctx) -> None:
                 "restore the answer?). Noise: run the clean prompt and patch in corrupted ones (which sites break it?).")
     auto = data.metric_positions(ck, ids, cor)
     mpos = view.get("mpos")
-    mpos = mpos if mpos is not None and 0 <= mpos < T else None
+    mpos = mpos if mpos is not None and 0 <= mpos < T else AUTO
     auto_text = ", ".join(map(str, auto)) if len(auto) <= 3 else f"{auto[0]}…{auto[-1]} (mean)"
-    view.widget("selectbox", "mpos", "Metric position", value=mpos, options=[None] + list(range(T)), container=c3,
-                format_func=lambda i: f"auto ({auto_text})" if i is None else f"{i}: {show[i]}",
+    view.widget("selectbox", "mpos", "Metric position", value=mpos, options=[AUTO] + list(range(T)), container=c3,
+                format_func=lambda i: f"auto: {auto_text}" if i == AUTO else f"{i}: {show[i]}",
+                to_url=lambda i: None if i == AUTO else i,
                 disabled=metric == "loss", help="Where the metric reads the logits. Auto: the position predicting "
                 "the first answer token where the prompts differ (induction: every repeated token, averaged); else "
                 "the last position.")
-    positions = [mpos] if mpos is not None else auto
+    positions = [mpos] if mpos != AUTO else auto
     acts_all, acts_default = site_options(cfg)
     acts = [a for a in (view.get("acts") or acts_default) if a in acts_all] or acts_default
     view.widget("multiselect", "acts", "Sites", value=acts, options=acts_all, container=c4,
@@ -167,8 +169,9 @@ def render(ctx: Ctx) -> None:
                    "colours show the raw change instead.")
         normalized = False
     c1, _ = st.columns([2, 3])
-    view.widget("toggle", "pnorm", "Normalized (1 = the patch moves the metric all the way to the source run's value)",
-                value=normalized, container=c1)
+    view.widget("toggle", "pnorm", "Normalized effect", value=normalized, container=c1,
+                help="On: (patched − base) / (source − base), so 1 = the patch moves the metric all the way to the "
+                     "source run's value. Off: patched − base, in the metric's units.")
     _maps(ctx, results, chosen, normalized, T)
 
 
@@ -179,8 +182,8 @@ def _maps(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, T: int) 
     stream_acts = [a for a in chosen if results[a].dims == ("layer", "pos")]
     head_acts = [a for a in chosen if results[a].dims == ("layer", "head")]
     what = "normalized effect" if normalized else "change of the metric"
-    st.caption(f"Colour: the {what} of patching each site ({results[chosen[0]].direction}); red raises the metric, "
-               "blue lowers it. Click a cell to select that layer and position (or head) on every page; the "
+    st.caption(f"Colour: the {what} of patching each site ({results[chosen[0]].direction}); blue raises the metric, "
+               "red lowers it. Click a cell to select that layer and position (or head) on every page; the "
                "selection is outlined. Positions after the last one the metric reads cannot change it and are left out.")
     keys = []
     n_cols = 1 if T > WIDE else 2
@@ -207,7 +210,7 @@ def _maps(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, T: int) 
     rows = []
     for act in chosen:
         for site, v in results[act].top(5, by="normalized" if normalized else "effect"):
-            rows.append({"sites": act, "site": site, what: round(v, 4)})
+            rows.append({"activation": act, "site": site, what: round(v, 4)})
     with right if head_acts else st.container():
         st.markdown("**Largest effects**")
         st.dataframe(pd.DataFrame(rows).sort_values(what, key=abs, ascending=False).head(12), hide_index=True,

@@ -57,8 +57,8 @@ def render(ctx: Ctx) -> None:
 
     tl = data.thought_timeline(key, split, index, k)
     name = ctx.ck.name.replace("/", "_")
-    fig = plots.thought_timeline(tl, title=f"Example {index} ({split}): answer {tl['answer']!r}; "
-                                           f"P(answer) {tl['answer_prob'][0]:.2f} with no thought, "
+    fig = plots.thought_timeline(tl, title=f"Example {index} ({split}): P(first answer token {tl['answer']!r}) "
+                                           f"{tl['answer_prob'][0]:.2f} with no thought, "
                                            f"{tl['answer_prob'][-1]:.2f} with all {len(tl['answer_prob']) - 1}")
     chart(fig, "thought_timeline")
     st.caption("Top: the last layer's top tokens at the position that produces each thought (thought 0 is read at "
