@@ -760,25 +760,36 @@ def _induction_corruption(ck: Loaded, ids: Sequence[int]) -> Optional[tuple[list
     return ids[:head] + block + block + ids[len(ids) - tail:], how
 
 
+SEARCH_WINDOW = 32  # free text: the last positions a default one-token change is searched over
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
-def _one_token_corruption(key: tuple, ids: tuple[int, ...]) -> Optional[tuple[list[int], str]]:
-    """One token near the metric position replaced by one of the model's own alternatives
-    there (top-4 at the position before), preferring the nearest change that alters the
-    model's top-1 prediction where the metric reads (one batched forward over the candidates)."""
+def _one_token_corruption(key: tuple, ids: tuple[int, ...]) -> Optional[tuple[list[int], str, Optional[int]]]:
+    """One token replaced by one of the model's own alternatives there (its top-3 at the
+    position before), found with one batched forward over the candidates: (ids, what changed,
+    the position whose top-1 prediction the change alters, or None).
+
+    Task prompts: the metric reads where the answer is predicted; the nearest change before it
+    that alters the model's answer wins. Free text: any later position may read, and the change
+    whose effect travels furthest (then: reaches latest) wins, so patching shows information
+    moving between positions; when none travels, the last token is changed."""
     import torch
 
     ck = get(key)
     T = len(ids)
+    task = is_task(ck)
     p = metric_positions(ck, ids, ids)[0]
     specials = _specials(ck)
     with torch.no_grad():
         logits = ck.model(torch.tensor([ids]))[0]
+    base = logits.argmax(-1)
+    qs = range(p - 1, max(0, p - 12), -1) if task else range(T - 2, max(0, T - 2 - SEARCH_WINDOW), -1)
     cands = []
-    for q in [q for q in range(p - 1, max(0, p - 12), -1)] + [p]:
+    for q in list(qs) + [p]:
         if q < 1 or ids[q] in specials:
             continue
-        alts = [int(t) for t in logits[q - 1].topk(min(6, ck.cfg.d_vocab)).indices if int(t) not in specials
-                and int(t) != ids[q]][:4]
+        alts = [int(t) for t in logits[q - 1].topk(min(6, ck.cfg.d_vocab)).indices
+                if int(t) not in specials and int(t) != ids[q]][:3]
         cands += [(q, t) for t in alts]
     if not cands:
         return None
@@ -786,29 +797,47 @@ def _one_token_corruption(key: tuple, ids: tuple[int, ...]) -> Optional[tuple[li
     for i, (q, t) in enumerate(cands):
         batch[i, q] = t
     with torch.no_grad():
-        picks = ck.model(batch)[:, p].argmax(-1).tolist()
-    base = int(logits[p].argmax())
-    i = next((i for i, x in enumerate(picks) if x != base), 0)
-    q, t = cands[i]
+        flips = ck.model(batch).argmax(-1) != base  # (candidate, pos)
+    best, at = None, None
+    for i, (q, _) in enumerate(cands):
+        if task:
+            if bool(flips[i, p]):
+                best, at = i, p
+                break
+            continue
+        later = [r for r in range(q + 2, T) if bool(flips[i, r])]  # read at least two positions on
+        if later and (best is None or (later[-1] - q, later[-1]) > (at - cands[best][0], at)):
+            best, at = i, later[-1]
+    if best is None:  # nothing travels: the change next to the metric position that moves it, if any
+        last = [i for i, (q, _) in enumerate(cands) if q == p]
+        best = next((i for i in last if bool(flips[i, p])), last[0] if last else 0)
+        at = p if bool(flips[best, p]) else None
+    q, t = cands[best]
     vocab = decode_list(ck)
     out = list(ids)
     out[q] = t
-    return out, f"token {q} {vocab[ids[q]]} → {vocab[t]}" + ("" if picks[i] != base else
-                                                            " (no single change near the end alters the prediction)")
+    how = f"token {q} {vocab[ids[q]]} → {vocab[t]}"
+    how += f", which changes the prediction at position {at}" if at is not None else \
+        " (no single change alters the model's prediction here)"
+    return out, how, (None if task else at)
 
 
-def default_corruption(ck: Loaded, ids: Sequence[int]) -> tuple[Optional[list[int]], str]:
-    """A corrupted prompt of the same length as `ids` and what was changed: arithmetic, two
-    problems differing in one digit; induction, another repeated block; otherwise one token."""
+def default_corruption(ck: Loaded, ids: Sequence[int]) -> tuple[Optional[list[int]], str, Optional[list[int]]]:
+    """A corrupted prompt of the same length as `ids`, what was changed, and the positions a
+    metric should read when they do not follow from the prompts (`metric_positions`): arithmetic,
+    two problems differing in one digit; induction, another repeated block; otherwise one token."""
     name = (ck.task or {}).get("name")
     made = None
     if name == "arithmetic":
         made = _arithmetic_corruption(ck, ids)
     elif name == "induction":
         made = _induction_corruption(ck, ids)
+    if made is not None:
+        return made[0], made[1], None
+    made = _one_token_corruption(ck.key, tuple(int(i) for i in ids))
     if made is None:
-        made = _one_token_corruption(ck.key, tuple(int(i) for i in ids))
-    return (None, "") if made is None else made
+        return None, "", None
+    return made[0], made[1], None if made[2] is None else [made[2]]
 
 
 _PATCH_LOCK = threading.Lock()

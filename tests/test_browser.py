@@ -3,8 +3,9 @@
 
 Covered: a URL shows the view it names (and reloading it shows it again); heads switch in the
 browser before Python hears of it, and the URL follows; clicking a thumbnail, a score-map
-cell and a logit-lens cell selects; the token view shades tokens by the real attention
-values; no error element ever appears. Screenshots go to $BROWSER_SCREENSHOT_DIR (default:
+cell, a logit-lens cell, a patching-map cell and an attribution-map cell selects; the token
+view shades tokens by the real attention values; the Latent thoughts timeline draws; no error
+element ever appears. Screenshots go to $BROWSER_SCREENSHOT_DIR (default:
 the test's tmp dir). The helpers here are shared with benchmarks/bench_app.py.
 
 Skipped only when chromium/chromedriver are missing *and* `CI` is unset (`make browser-deps`
@@ -214,6 +215,10 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser_ckpts")
     ckpts = make_checkpoints(root, names=("shakespeare_factored_alibi",), broken=False)
     ckpts["add3_run"] = make_run(root, "add3_run")
+    coconut = REPO / "data" / "checkpoints" / "coconut_add3_coconut"  # the Latent thoughts page needs a real one
+    if coconut.is_dir():
+        (root / coconut.name).symlink_to(coconut)
+        ckpts[coconut.name] = root / coconut.name
     port = free_port()
     log_path = root / "streamlit.log"
     log = open(log_path, "w")
@@ -403,3 +408,75 @@ def test_training_curves_pick_a_checkpoint(served, shots):
     assert any("step 100" in c.text for c in d.find_elements(By.CSS_SELECTOR, '[data-testid="stCaptionContainer"]'))
     assert not errors(d)
     d.save_screenshot(str(shots / "explorer_training.png"))
+
+
+def _plot(driver, chart_key: str):
+    """The plotly div of the chart drawn with `key=chart_key`, once plotly has laid it out."""
+    sel = f".st-key-{chart_key} .js-plotly-plot"
+    WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
+        f"const g = document.querySelector('{sel}'); return !!(g && g._fullLayout && g._fullLayout.xaxis)"))
+    return driver.find_element(By.CSS_SELECTOR, sel)
+
+
+def _outline(driver, chart_key: str):
+    """(x0, y0) of the selection outline drawn on a chart, or None."""
+    shapes = driver.execute_script(f"return document.querySelector('.st-key-{chart_key} .js-plotly-plot').layout.shapes")
+    return (shapes[0]["x0"], shapes[0]["y0"]) if shapes else None
+
+
+def test_patching_runs_and_a_cell_click_selects(served, shots):
+    d, base = served["driver"], served["base"]
+    t0 = time.monotonic()
+    load(d, base + "?" + urllib.parse.urlencode(dict(page="patching", prompt="To be, or not to be")), attention=False)
+    for key in ("patch_resid_pre", "patch_attn_out", "patch_mlp_out", "patch_z", "patch_xt_pre", "patch_xe_pre"):
+        _plot(d, key)
+    first_draw = time.monotonic() - t0
+    assert not errors(d)
+    corrupted = d.find_element(By.CSS_SELECTOR, ".st-key-w-corrupt textarea").get_attribute("value")
+    assert len(corrupted) == len("To be, or not to be") and corrupted != "To be, or not to be"  # one character changed
+    # a layer x position cell: layer 1, position 3
+    click_plotly_cell(d, "patch_resid_pre", 3, 1)
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("pos") == "3" and query(dr).get("layer") == "1")
+    wait_settled(d)
+    WebDriverWait(d, WAIT).until(lambda dr: _outline(dr, "patch_resid_pre") == (2.5, 0.5))
+    # a layer x head cell: layer 0, head 2
+    click_plotly_cell(d, "patch_z", 2, 0)
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("head") == "2" and "layer" not in query(dr))
+    wait_settled(d)
+    WebDriverWait(d, WAIT).until(lambda dr: _outline(dr, "patch_z") == (1.5, -0.5))
+    assert query(d)["pos"] == "3" and not errors(d)
+    d.save_screenshot(str(shots / "explorer_patching_click.png"))
+    print(json.dumps({"patching_first_draw_s": round(first_draw, 2)}))
+
+
+def test_attribution_draws_and_a_column_click_selects(served, shots):
+    d, base = served["driver"], served["base"]
+    load(d, base + "?" + urllib.parse.urlencode(dict(page="attribution", prompt="To be, or not to be")), attention=False)
+    for key in ("attr_stacked", "attr_top", "attr_streams", "attr_map"):
+        _plot(d, key)
+    bars = d.execute_script("return document.querySelectorAll('.st-key-attr_stacked .bars .point').length")
+    assert bars > 0
+    assert any("logit(" in e.text for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stMarkdownContainer"]'))
+    click_plotly_cell(d, "attr_map", 7, 0)  # row 0 is the embedding: a position only
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("pos") == "7")
+    wait_settled(d)
+    WebDriverWait(d, WAIT).until(lambda dr: _outline(dr, "attr_map") == (6.5, -0.5))
+    assert any("position 7" in e.text for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stMarkdownContainer"]'))
+    assert not errors(d)
+    d.save_screenshot(str(shots / "explorer_attribution.png"))
+
+
+def test_latent_thoughts_timeline(served, shots):
+    d, base = served["driver"], served["base"]
+    if "coconut_add3_coconut" not in served["ckpts"]:
+        pytest.skip("data/checkpoints/coconut_add3_coconut is not in this checkout")
+    load(d, base + "?ckpt=coconut_add3_coconut&page=thoughts", attention=False)
+    gd = _plot(d, "thought_timeline")
+    kinds = d.execute_script("return arguments[0].data.map(t => t.type)", gd)
+    assert kinds == ["heatmap", "heatmap", "scatter"]
+    cells = d.execute_script("return arguments[0].querySelectorAll('.heatmaplayer image, .heatmaplayer .hm').length", gd)
+    assert cells >= 2  # both heatmaps painted
+    text = d.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+    assert "1017" in text and ("correct" in text or "wrong" in text)
+    assert not errors(d)
+    d.save_screenshot(str(shots / "explorer_thoughts.png"))

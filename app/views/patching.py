@@ -6,6 +6,8 @@ selects that layer and position (or head) for every page."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -51,9 +53,10 @@ def _text(ck, ids) -> str:
     return ck.tokenizer.decode(ids)
 
 
-def _corrupted(ctx: Ctx, p) -> tuple[tuple[int, ...], str]:
+def _corrupted(ctx: Ctx, p) -> tuple[tuple[int, ...], str, Optional[list[int]]]:
+    """(corrupted ids, what was changed, metric positions the default corruption was chosen for)."""
     ck, view = ctx.ck, ctx.view
-    made, how = data.default_corruption(ck, p.ids)
+    made, how, reads = data.default_corruption(ck, p.ids)
     default = _text(ck, made) if made is not None else ""
     text = view.get("corrupt") or default
     view.widget("text_area", "corrupt", "Corrupted prompt (same number of tokens)", value=text, height=90,
@@ -73,7 +76,7 @@ def _corrupted(ctx: Ctx, p) -> tuple[tuple[int, ...], str]:
     if len(ids) != len(p.ids):
         raise AppError(f"The clean and corrupted prompts must tokenize to the same length: the prompt is {len(p.ids)} "
                        f"tokens, the corrupted prompt {len(ids)}. Change tokens one for one (e.g. a digit for a digit).")
-    return ids, how if text == default else "typed"
+    return (ids, how, reads) if text == default else (ids, "typed", None)
 
 
 def _select(res, pt: dict) -> None:
@@ -90,7 +93,7 @@ def render(ctx: Ctx) -> None:
         p = ctx.prompt()
         st.caption("The **clean** run: the prompt every page shares.")
     with c2:
-        cor, how = _corrupted(ctx, p)
+        cor, how, reads = _corrupted(ctx, p)
         if how:
             st.caption(f"Corruption: {how}.")
     ids, T = p.ids, len(p)
@@ -102,7 +105,7 @@ def render(ctx: Ctx) -> None:
                        "Change a token of the corrupted prompt.")
     show = [f"{a}→{b}" if d else a for a, b, d in zip(p.labels, cor_labels, differ)]
 
-    c1, c2, c3, c4 = st.columns([2, 2, 1.6, 3])
+    c1, c2, c3, c4, c5 = st.columns([1.9, 1.9, 1.5, 2.8, 1.2])
     metric = view.choice("metric", list(METRICS))
     view.widget("selectbox", "metric", "Metric", value=metric, options=list(METRICS), format_func=METRICS.get,
                 container=c1)
@@ -110,7 +113,7 @@ def render(ctx: Ctx) -> None:
     view.widget("radio", "pdir", "Direction", value=direction, options=list(DIRECTIONS), format_func=DIRECTIONS.get,
                 container=c2, help="Denoise: run the corrupted prompt and patch in clean activations (which sites "
                 "restore the answer?). Noise: run the clean prompt and patch in corrupted ones (which sites break it?).")
-    auto = data.metric_positions(ck, ids, cor)
+    auto = reads or data.metric_positions(ck, ids, cor)
     mpos = view.get("mpos")
     mpos = mpos if mpos is not None and 0 <= mpos < T else AUTO
     auto_text = ", ".join(map(str, auto)) if len(auto) <= 3 else f"{auto[0]}…{auto[-1]} (mean)"
@@ -127,6 +130,9 @@ def render(ctx: Ctx) -> None:
                 format_func=lambda a: a, to_url=lambda v: None if list(v) == acts_default else list(v),
                 help="; ".join(f"{a}: {ACT_HELP[a]}" for a in acts_all))
     normalized = bool(view.get("pnorm"))
+    view.widget("toggle", "pnorm", "Normalized", value=normalized, container=c5,
+                help="On: (patched − base) / (source − base), so 1 = the patch moves the metric all the way to the "
+                     "source run's value. Off: patched − base, in the metric's units.")
 
     good, bad, source = data.answers(ctx.key, ids, cor, positions)
     strip_colors = [MISMATCH if d else None for d in differ]
@@ -168,10 +174,6 @@ def render(ctx: Ctx) -> None:
         st.warning("The clean and corrupted runs score the same on this metric, so normalized effects are undefined; "
                    "colours show the raw change instead.")
         normalized = False
-    c1, _ = st.columns([2, 3])
-    view.widget("toggle", "pnorm", "Normalized effect", value=normalized, container=c1,
-                help="On: (patched − base) / (source − base), so 1 = the patch moves the metric all the way to the "
-                     "source run's value. Off: patched − base, in the metric's units.")
     _maps(ctx, results, chosen, normalized, T)
 
 
@@ -183,8 +185,8 @@ def _maps(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, T: int) 
     head_acts = [a for a in chosen if results[a].dims == ("layer", "head")]
     what = "normalized effect" if normalized else "change of the metric"
     st.caption(f"Colour: the {what} of patching each site ({results[chosen[0]].direction}); blue raises the metric, "
-               "red lowers it. Click a cell to select that layer and position (or head) on every page; the "
-               "selection is outlined. Positions after the last one the metric reads cannot change it and are left out.")
+               "red lowers it. Click a cell to select that layer and position (or head) on every page. Positions "
+               "after the last one the metric reads cannot change it and are left out.")
     keys = []
     n_cols = 1 if T > WIDE else 2
     h = max(260, 120 + 42 * cfg.n_layers)
@@ -209,8 +211,7 @@ def _maps(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, T: int) 
         keys.append(f"patch_{act}")
     rows = []
     for act in chosen:
-        for site, v in results[act].top(5, by="normalized" if normalized else "effect"):
-            rows.append({"activation": act, "site": site, what: round(v, 4)})
+        rows += _top_sites(results[act], act, normalized, what)
     with right if head_acts else st.container():
         st.markdown("**Largest effects**")
         st.dataframe(pd.DataFrame(rows).sort_values(what, key=abs, ascending=False).head(12), hide_index=True,
@@ -222,3 +223,18 @@ def _maps(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, T: int) 
                            (("values", results[a].values.numpy()), ("normalized", results[a].normalized().numpy()))}
            | {"baseline": np.array(float(results[chosen[0]].baseline)),
               "source": np.array(float(results[chosen[0]].source))})
+
+
+def _top_sites(res, act: str, normalized: bool, what: str, k: int = 5) -> list[dict]:
+    """The k cells of a (layer, pos | head) map with the largest |value|, named for the table
+    (positions with their index and token, as the map's axis shows them)."""
+    score = (res.normalized() if normalized else res.effect).numpy()
+    flat = np.nan_to_num(score).ravel()
+    rows = []
+    for i in np.argsort(-np.abs(flat))[:k]:
+        r, c = np.unravel_index(int(i), score.shape)
+        col = res.dims[1]
+        where = f"H{res.index[col][c]}" if col == "head" else f"{res.index[col][c]}:{res.labels[col][c]}"
+        rows.append({"activation": act, "layer": f"L{res.index['layer'][r]}", "position / head": where,
+                     what: round(float(flat[i]), 4)})
+    return rows
