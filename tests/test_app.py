@@ -790,7 +790,7 @@ def test_patching_page(app, ckpts):
     # controls: probability, noising, only the heads, raw effects
     at.selectbox(key="w.metric").set_value("prob").run()
     at.radio(key="w.pdir").set_value("noise").run()
-    at.multiselect(key="w.acts").set_value(["z"]).run()
+    at.button_group(key="w.acts").set_value(["z"]).run()
     at.toggle(key="w.pnorm").set_value(False).run()
     ok(at)
     assert {k: at.query_params[k] for k in ("metric", "pdir", "pnorm")} == {"metric": "prob", "pdir": "noise", "pnorm": "0"}
@@ -836,13 +836,16 @@ def test_patching_defaults_per_task_and_streams(app, ckpts):
     model, tok = interp.load(ckpts["shakespeare_factored_alibi"])
     clean = prompt_ids(model, "To be, or not to be")
     cor = prompt_ids(model, at.text_area(key="w.corrupt").value)
-    assert int((clean != cor).sum()) == 1
+    changed = (clean != cor)[0].nonzero()[:, 0].tolist()
+    p = int(at.selectbox(key="w.mpos").options[0].split(": ")[1])  # "auto: 19": where the change is read
+    assert len(changed) == 1 and p >= changed[0] + 2  # one token, whose effect travels to a later position
+    assert f"changes the prediction at position {p}" in _texts(at)
     with torch.no_grad():
-        a, b = int(model(clean)[0, -1].argmax()), int(model(cor)[0, -1].argmax())
+        a, b = int(model(clean)[0, p].argmax()), int(model(cor)[0, p].argmax())
     assert a != b
     figs = charts(at)
     assert {"patch_xt_pre", "patch_xe_pre"} <= set(figs)
-    xe = patching.activation_patching(model, clean, cor, patching.logit_diff(a, b, -1), "xe_pre")
+    xe = patching.activation_patching(model, clean, cor, patching.logit_diff(a, b, p), "xe_pre", positions=range(p + 1))
     _nan_close(figs["patch_xe_pre"]["data"][0]["z"], xe.normalized(), atol=1e-4)
 
 

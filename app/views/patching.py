@@ -105,7 +105,7 @@ def render(ctx: Ctx) -> None:
                        "Change a token of the corrupted prompt.")
     show = [f"{a}→{b}" if d else a for a, b, d in zip(p.labels, cor_labels, differ)]
 
-    c1, c2, c3, c4, c5 = st.columns([1.9, 1.9, 1.5, 2.8, 1.2])
+    c1, c2, c3, c5 = st.columns([2.2, 2.2, 2.2, 1.4])
     metric = view.choice("metric", list(METRICS))
     view.widget("selectbox", "metric", "Metric", value=metric, options=list(METRICS), format_func=METRICS.get,
                 container=c1)
@@ -125,9 +125,9 @@ def render(ctx: Ctx) -> None:
                 "the last position.")
     positions = [mpos] if mpos != AUTO else auto
     acts_all, acts_default = site_options(cfg)
-    acts = [a for a in (view.get("acts") or acts_default) if a in acts_all] or acts_default
-    view.widget("multiselect", "acts", "Sites", value=acts, options=acts_all, container=c4,
-                format_func=lambda a: a, to_url=lambda v: None if list(v) == acts_default else list(v),
+    acts = [a for a in (view.get("acts") or acts_default) if a in acts_all] or acts_default  # none: the defaults
+    view.widget("pills", "acts", "Sites patched", value=acts, options=acts_all, selection_mode="multi",
+                to_url=lambda v: None if list(v) == acts_default else list(v),
                 help="; ".join(f"{a}: {ACT_HELP[a]}" for a in acts_all))
     normalized = bool(view.get("pnorm"))
     view.widget("toggle", "pnorm", "Normalized", value=normalized, container=c5,
@@ -155,9 +155,6 @@ def render(ctx: Ctx) -> None:
         return
 
     chosen = list(acts)
-    if not chosen:
-        st.info("Choose at least one site to patch.")
-        return
     bar = st.progress(0.0, text="Patching…")
     results = {}
     for i, act in enumerate(chosen):

@@ -49,11 +49,14 @@ def render(ctx: Ctx) -> None:
     verdict = data.thought_answer(key, split, index)
     prompt = tok.decode([i for i in part.prompt[0] if i != tok.bos_token_id])
     steps = " ".join(tok.decode(list(s[0])) for s in part.steps)
+    short = len(prompt) <= 40
     with c4:
         mark = ":green[**correct**]" if verdict["correct"] else ":red[**wrong**]"
-        st.markdown(f"**Answer** `{verdict['answer']}` · the model answers `{verdict['generated']}` {mark}")
+        st.markdown((f"**Question** `{prompt}` · " if short else "")
+                    + f"**Answer** `{verdict['answer']}` · the model answers `{verdict['generated']}` {mark}")
         st.caption(f"Chain of thought the {part.n_steps} steps' thoughts replace: {steps}")
-    st.code(prompt, language=None, wrap_lines=True)
+    if not short:
+        st.code(prompt, language=None, wrap_lines=True)
 
     tl = data.thought_timeline(key, split, index, k)
     name = ctx.ck.name.replace("/", "_")
