@@ -950,7 +950,10 @@ def thought_answer(key: tuple, split: str, index: int) -> dict:
     row = evaluate_coconut(r.model, staged, split, n=1, start=index, return_rows=True)["rows"][0]
     answer = list(staged.parts(split)[index].answer[0])
     eos = tok.eos_token_id
-    cut = lambda ids: ids[: ids.index(eos)] if eos in ids else ids  # noqa: E731 (<eos> ends both)
+
+    def cut(ids: list[int]) -> list[int]:  # <eos> ends both
+        return ids[: ids.index(eos)] if eos in ids else ids
+
     return {"correct": row["correct"], "generated": tok.decode(cut(list(row["generated"]))),
             "answer": tok.decode(cut(answer))}
 
@@ -984,7 +987,7 @@ def thought_frontier(key: tuple, split: str, n: int) -> dict:
     """`interp.thoughts.frontier_mass` over the first `n` examples (graph task)."""
     from interp import thoughts
 
-    r, tok, _ = reasoner(key)
+    tok = reasoner(key)[1]
     batch = thought_batch(key, split, 0, n)
     lens = thought_lens(key, split, 0, n, 5)
     try:

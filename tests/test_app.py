@@ -764,7 +764,6 @@ def test_patching_page(app, ckpts):
     text, cor_text = at.text_area(key="w.prompt").value, at.text_area(key="w.corrupt").value
     clean = torch.tensor([[model.cfg.bos_token_id] + tok.encode(text)])
     cor = torch.tensor([[model.cfg.bos_token_id] + tok.encode(cor_text)])
-    T = clean.shape[1]
     assert cor.shape == clean.shape
     differ = (clean != cor)[0].nonzero()[:, 0].tolist()
     assert differ[0] == 3 and text[:2] == cor_text[:2] and text[2] != cor_text[2]  # the first operand's units digit
@@ -821,7 +820,7 @@ def test_patching_defaults_per_task_and_streams(app, ckpts):
     from interp import patching
 
     at = app(url=dict(ckpt="induction_attn_only", page="patching"))
-    model, tok = interp.load(ckpts["induction_attn_only"])
+    model, _ = interp.load(ckpts["induction_attn_only"])
     clean = prompt_ids(model, at.text_area(key="w.prompt").value)
     cor = prompt_ids(model, at.text_area(key="w.corrupt").value)
     body, n = cor[0, 1:-1].tolist(), (cor.shape[1] - 2) // 2
@@ -833,7 +832,7 @@ def test_patching_defaults_per_task_and_streams(app, ckpts):
     _nan_close(charts(at)["patch_z"]["data"][0]["z"], heads.normalized(), atol=1e-4)
 
     at = app(url=dict(page="patching", prompt="To be, or not to be"))
-    model, tok = interp.load(ckpts["shakespeare_factored_alibi"])
+    model, _ = interp.load(ckpts["shakespeare_factored_alibi"])
     clean = prompt_ids(model, "To be, or not to be")
     cor = prompt_ids(model, at.text_area(key="w.corrupt").value)
     changed = (clean != cor)[0].nonzero()[:, 0].tolist()
@@ -885,7 +884,7 @@ def test_latent_thoughts_page(monkeypatch, coconut_add3):
     from interp import thoughts
     from interp.training.coconut import evaluate_coconut
 
-    reasoner, tok, staged = coconut_add3
+    reasoner, _, staged = coconut_add3
     at = _shipped(monkeypatch, ckpt="coconut_add3_coconut", page="thoughts")
     ok(at)
     want = thoughts.timeline(reasoner, staged, "test", 0, 5)
@@ -927,7 +926,9 @@ def test_latent_thoughts_page(monkeypatch, coconut_add3):
     # an index past the split is clamped, not an error
     at = _shipped(monkeypatch, ckpt="coconut_add3_coconut", page="thoughts", index="100000")
     ok(at)
-    assert at.number_input(key="w.index").value == thoughts_split_size(staged, "test") - 1
+    last = thoughts_split_size(staged, "test") - 1
+    assert at.number_input(key="w.index").value == last and at.query_params["index"] == str(last)
+    assert any("outside the test split" in w.value for w in at.warning)
 
 
 def thoughts_split_size(staged, split):

@@ -139,7 +139,7 @@ def _map(ctx: Ctx, dla, p, pos: int, vocab) -> None:
                                           title="Direct logit attribution per component and position")
     plots.token_axis(fig, "x", T)
     plots.token_axis(fig, "y", len(dla.labels))
-    fig.update_layout(height=max(360, 170 + 17 * len(dla.labels)))
+    fig.update_layout(height=min(2200, max(360, 170 + 17 * len(dla.labels))))
     chart(fig, "attr_map", on_point=(lambda pt: _pick_cell(dla, T, pt)) if clickable else None)
     name = ctx.ck.name.replace("/", "_")
     export(f"{name}_attribution", key="attr_map_export", charts=["attr_map"], table=dla.to_frame,

@@ -120,9 +120,10 @@ def render(ctx: Ctx) -> None:
     view.widget("selectbox", "mpos", "Metric position", value=mpos, options=[AUTO] + list(range(T)), container=c3,
                 format_func=lambda i: f"auto: {auto_text}" if i == AUTO else f"{i}: {show[i]}",
                 to_url=lambda i: None if i == AUTO else i,
-                disabled=metric == "loss", help="Where the metric reads the logits. Auto: the position predicting "
-                "the first answer token where the prompts differ (induction: every repeated token, averaged); else "
-                "the last position.")
+                disabled=metric == "loss", help="Where the metric reads the logits. Auto: for task prompts, the "
+                "position predicting the first answer token where the prompts differ (induction: every repeated "
+                "token, averaged); for text with the default corruption, the position whose prediction it alters; "
+                "else the last position.")
     positions = [mpos] if mpos != AUTO else auto
     acts_all, acts_default = site_options(cfg)
     acts = [a for a in (view.get("acts") or acts_default) if a in acts_all] or acts_default  # none: the defaults
@@ -143,10 +144,10 @@ def render(ctx: Ctx) -> None:
     if metric == "loss":
         what = "mean next-token loss on the clean prompt"
     else:
-        at = ", ".join(f"{q} ({vocab[g]}" + (f" vs {vocab[b]})" if metric == "logit_diff" else ")")
-                       for q, g, b in zip(positions[:4], good, bad)) + ("…" if len(positions) > 4 else "")
+        where = ", ".join(f"{q} ({vocab[g]}" + (f" vs {vocab[b]})" if metric == "logit_diff" else ")")
+                          for q, g, b in zip(positions[:4], good, bad)) + ("…" if len(positions) > 4 else "")
         what = {"logit_diff": "logit(clean answer) − logit(corrupted answer)", "prob": "p(clean answer)",
-                "logprob": "log p(clean answer)"}[metric] + f" at position {at}; answers: {source}"
+                "logprob": "log p(clean answer)"}[metric] + f" at position {where}; answers: {source}"
     if metric == "logit_diff" and good == bad:
         st.warning(f"Both runs' answers are the same token ({', '.join(vocab[g] for g in good[:4])}) where the metric "
                    "reads, so the logit difference is 0 for every patch. Choose a metric position where the prompts' "

@@ -32,7 +32,7 @@ def unavailable(ctx: Ctx):
 
 def render(ctx: Ctx) -> None:
     view, key = ctx.view, ctx.key
-    reasoner, tok, staged = data.reasoner(key)
+    _, tok, staged = data.reasoner(key)
     c1, c2, c3, c4 = st.columns([1.2, 1.4, 2, 3])
     split = view.choice("split", SPLITS)
     view.widget("radio", "split", "Split", value=split, options=SPLITS, horizontal=True, container=c1)
@@ -40,6 +40,9 @@ def render(ctx: Ctx) -> None:
     if n == 0:
         raise AppError(f"The {split} split of this checkpoint's task is empty; choose another split.")
     index = min(max(0, int(view.get("index"))), n - 1)
+    if index != view.get("index"):  # past the split (e.g. a URL written for a larger one): say so, fix the URL
+        view.problems.append(f"`index={view.get('index')}` is outside the {split} split (0–{n - 1}); showing {index}.")
+        view.set("index", index)
     view.widget("number_input", "index", f"Example (0–{n - 1})", value=index, min_value=0, max_value=n - 1,
                 container=c2)
     k = min(10, max(1, int(view.get("topk"))))
@@ -125,6 +128,8 @@ def _patch(ctx: Ctx, split: str, index: int, n: int, tok, staged) -> None:
     view.widget("number_input", "donor", "Donor example (its thought is patched in)", value=donor, min_value=0,
                 max_value=n - 1, container=c1, to_url=lambda v: None if v == (index + 1) % n else v)
     slot = min(max(0, int(view.get("slot"))), n_slots - 1)
+    if slot != view.get("slot"):
+        view.set("slot", slot)
     view.widget("selectbox", "slot", "Thought (latent slot) replaced", value=slot, options=list(range(n_slots)),
                 container=c2, format_func=lambda s: f"thought {s}")
     if data.thought_batch(key, split, donor).n_latents != n_slots:
