@@ -45,7 +45,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from .generation import left_pad, sample_logits
 from .hooks import HookPoint
-from .transformer import HookedTransformer, KVCache, Output
+from .transformer import HookedTransformer, KVCache, Output, forward_arguments
 
 LATENT_TOKEN = "<latent>"
 THOUGHT_SOURCES = ("resid", "normed")
@@ -237,14 +237,7 @@ class LatentReasoner(HookedRootModule):
         The signature is `HookedTransformer.forward`'s (so the trainer's step can call either).
         `labels` default to the tokens with the slots ignored (a slot has no token to predict).
         """
-        if return_type == "default":
-            return_type = "both" if labels is not None else "logits"
-        if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
-        if input_ids is not None:
-            if input is not None:
-                raise ValueError("pass the tokens once: either positionally or as input_ids=, not both")
-            input = input_ids
+        input, return_type = forward_arguments(input, input_ids, return_type, labels)
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"LatentReasoner needs token ids as a tensor, got {type(input).__name__}")
         model = self.model

@@ -59,6 +59,21 @@ class KVCache:
         return self.layers[0].length
 
 
+def forward_arguments(input, input_ids, return_type: Optional[str], labels) -> tuple[Any, Optional[str]]:
+    """The argument rules every forward with `HookedTransformer.forward`'s signature shares:
+    `input_ids=` is the tokens under their HF name, and a left-out `return_type` ("default")
+    is "both" when `labels` are given, else "logits"."""
+    if return_type == "default":
+        return_type = "both" if labels is not None else "logits"
+    if return_type not in ("logits", "loss", "both", None):
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+    if input_ids is not None:
+        if input is not None:
+            raise ValueError("pass the tokens once: either positionally or as input_ids=, not both")
+        input = input_ids
+    return input, return_type
+
+
 class HookedTransformer(HookedRootModule):
     def __init__(self, cfg: ModelConfig, tokenizer: Any = None):
         super().__init__()
@@ -147,14 +162,7 @@ class HookedTransformer(HookedRootModule):
             last_position_only: unembed only the last position: logits (batch, 1, d_vocab).
                 For inference (with left padding the last position is every row's newest token).
         """
-        if return_type == "default":
-            return_type = "both" if labels is not None else "logits"
-        if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
-        if input_ids is not None:
-            if input is not None:
-                raise ValueError("pass the tokens once: either positionally or as input_ids=, not both")
-            input = input_ids
+        input, return_type = forward_arguments(input, input_ids, return_type, labels)
         if (input is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of tokens (input / input_ids=) and inputs_embeds=")
         if inputs_embeds is not None:
