@@ -26,7 +26,7 @@ from interp.training.progress import (
     embedding_spectrum,
     key_frequencies,
     restricted_and_excluded,
-    _modular_tables,
+    modular_tables,
 )
 
 from .common import parser, write
@@ -66,7 +66,7 @@ def main(argv=None):
     top8 = float(torch.sort(spectrum, descending=True).values[:8].sum() / spectrum.sum())
 
     # restricted / excluded loss over the series, with the final model's key frequencies
-    answers, train_mask = _modular_tables(task, "cpu")
+    answers, train_mask = modular_tables(task, "cpu")
     series = []
     for step, path in CheckpointManager(run, keep_last=None).checkpoints() if (run / "last").exists() else []:
         m, _ = interp.load(path)

@@ -31,11 +31,11 @@ class ContextTooLong(ValueError):
 
 def split_tokens(task: Any, split: str = "test") -> Int[torch.Tensor, "n"]:
     """The token stream of a text task's split (the corpus tokens, no <bos>)."""
-    if not hasattr(task, "_split_ids"):
+    if not hasattr(task, "token_ids"):
         raise ValueError(f"task {getattr(task, 'name', task)!r} has no token stream; use a text task")
     import numpy as np
 
-    ids = task._split_ids(split)
+    ids = task.token_ids(split)
     if isinstance(ids, (list, np.ndarray)):
         return torch.as_tensor(np.asarray(ids, dtype=np.int64))
     return ids.gather(np.zeros(1, dtype=np.int64), len(ids))[0]  # shards on disk: read the whole split

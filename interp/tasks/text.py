@@ -267,7 +267,7 @@ class TextTask(Task):
         segments = [PROMPT] + [ANSWER] * (len(input_ids) - 1)
         return Example(input_ids, labels, segments, self.tokenizer.decode(input_ids), dict(split=split, start=start))
 
-    def _split_ids(self, name: str):
+    def token_ids(self, name: str):
         """The split's token stream: an int64 array, or a `ShardStream` for shards on disk."""
         if self._shards is not None:
             return self._shards[name]
@@ -276,7 +276,7 @@ class TextTask(Task):
     def _build_splits(self) -> dict[str, Sequence[Example]]:
         out = {}
         for k, name in enumerate(SPLITS):
-            ids = self._split_ids(name)
+            ids = self.token_ids(name)
             if isinstance(ids, np.ndarray):
                 starts = np.arange(0, len(ids) - self.window + 1, self.stride, dtype=np.int64)
             else:

@@ -174,12 +174,13 @@ def materialise(task: Any, split: str, pad_id: int, device: Union[str, torch.dev
 class StepSampler:
     """Which rows step `s` trains on: deterministic in (seed, step), no iterator state."""
 
-    def __init__(self, n: int, per_step: int, seed: int, device: Union[str, torch.device]):
+    def __init__(self, n: int, per_step: int, seed: int, device: Union[str, torch.device], full: bool = False):
+        """`full`: every step is the whole split in order (`batch_size: full`)."""
         if n == 0:
             raise ValueError("the training split is empty")
         self.n, self.per_step, self.seed, self.device = n, per_step, seed, torch.device(device)
         self._perms: dict[int, torch.Tensor] = {}
-        self._all = torch.arange(n, device=self.device)
+        self._all = torch.arange(n, device=self.device) if full else None
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
@@ -190,7 +191,7 @@ class StepSampler:
 
     def indices(self, step: int) -> Int[torch.Tensor, "per_step"]:
         """Row indices of step `step` (device tensor; slicing only: no sync, no host copy)."""
-        if self.per_step == self.n and self.n_full:
+        if self._all is not None:
             return self._all
         parts, pos, end = [], step * self.per_step, (step + 1) * self.per_step
         while pos < end:
@@ -199,14 +200,6 @@ class StepSampler:
             parts.append(self.permutation(epoch)[i : i + take])
             pos += take
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    n_full = False  # set by `full_batch`: every step is the whole split in order
-
-
-def full_batch(n: int, device) -> StepSampler:
-    sampler = StepSampler(n, n, 0, device)
-    sampler.n_full = True
-    return sampler
 
 
 class Prefetcher:
@@ -268,22 +261,18 @@ class TrainData:
         self.tensors = tensors
         self.device = torch.device(device)
         n = len(tensors)
+        on_disk = isinstance(tensors, WindowTensors) and isinstance(tensors.stream, ShardStream)
+        index_device = torch.device("cpu") if on_disk else self.device  # shards are gathered on the host
         if batch_size == "full":
             if grad_accum != 1:
                 raise ValueError("batch_size: full trains on the whole split each step; grad_accum must be 1")
             self.batch_size = n
-            self.sampler = full_batch(n, self._index_device)
+            self.sampler = StepSampler(n, n, 0, index_device, full=True)
         else:
             self.batch_size = int(batch_size)
-            self.sampler = StepSampler(n, self.batch_size * grad_accum, seed, self._index_device)
+            self.sampler = StepSampler(n, self.batch_size * grad_accum, seed, index_device)
         self.grad_accum = grad_accum
-        on_disk = isinstance(tensors, WindowTensors) and isinstance(tensors.stream, ShardStream)
         self._prefetch = Prefetcher(self._build, self.device) if on_disk else None
-
-    @property
-    def _index_device(self) -> torch.device:
-        on_disk = isinstance(self.tensors, WindowTensors) and isinstance(self.tensors.stream, ShardStream)
-        return torch.device("cpu") if on_disk else self.device
 
     @property
     def width(self) -> int:
@@ -386,10 +375,10 @@ def prepare_shards(config, out_dir: Union[str, Path], overrides: Sequence[str] =
 
     cfg = load_run_config(config, overrides)
     task = build_task(cfg["task"])
-    if not hasattr(task, "token_windows") or not hasattr(task, "_split_ids"):
+    if not hasattr(task, "token_windows") or not hasattr(task, "token_ids"):
         raise TrainConfigError(f"task {cfg['task']['name']!r} is not a text task; `data prepare` writes text shards")
     if getattr(task, "_shards", None) is not None:
         raise TrainConfigError("this task already reads shards (task.shards is set)")
-    splits = {s: [task._split_ids(s)] for s in ("train", "val", "test")}
+    splits = {s: [task.token_ids(s)] for s in ("train", "val", "test")}
     task_cfg = {k: v for k, v in task.config().items() if k not in ("shards",)}
     return write_shards(Path(out_dir), splits, task.tokenizer.vocab_size, task.tokenizer, task_cfg, shard_tokens)

@@ -16,7 +16,7 @@ from models import HookedTransformer
 
 from .config import TrainConfigError, autocast_dtype, build_task, resolve_device
 from .config import autocast as autocast_ctx
-from .data import ExampleTensors, WindowTensors, materialise
+from .data import ExampleTensors, materialise
 
 SEGMENT_NAMES = ("prompt", "step", "answer")
 LOGIT_BUDGET = 1 << 26  # logits elements per eval chunk (256 MiB in fp32)
@@ -67,13 +67,11 @@ class EvalData:
 
 def _rows(tensors, start: int, stop: int, max_len: Optional[int]):
     """(input_ids, labels, attention_mask, segments) of rows [start, stop)."""
-    idx = torch.arange(start, stop, device=tensors.starts.device if isinstance(tensors, WindowTensors)
-                       else tensors.input_ids.device)
     if isinstance(tensors, ExampleTensors):
         cols = slice(None, max_len)
         return (tensors.input_ids[start:stop, cols], tensors.labels[start:stop, cols],
                 tensors.attention_mask[start:stop, cols], tensors.segments[start:stop, cols])
-    ids, labels = tensors.rows(idx, max_len)[:2]
+    ids, labels = tensors.rows(torch.arange(start, stop, device=tensors.starts.device), max_len)[:2]
     mask = torch.ones_like(ids, dtype=torch.bool)
     segments = torch.full_like(ids, 2)  # text: every token is an "answer" token ...
     segments[:, 0] = 0  # ... after the prompt (<bos>, or the first token)

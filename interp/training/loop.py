@@ -527,12 +527,6 @@ class Trainer:
         bar.set_postfix(val=f"{metric:.4f}", train=f"{on_train['loss']:.4f}")
         return metric
 
-    def evaluate(self, split: str = "val") -> dict:
-        t = self.t
-        return evaluate(self.model, self.tokenizer, self.task, split, data=self.eval_data,
-                        batch_size=t["eval_batch_size"] or None, max_batches=t["eval_batches"] or None,
-                        n_generate=t["eval_generate"], device=self.device, autocast=self.amp)
-
     def save(self, step: int, metric: Optional[float]) -> Path:
         training = {"step": step, "tokens_seen": self.tokens_seen, "run_config": self.cfg,
                     "eval": self.last_eval, "torch": torch.__version__, "device": str(self.device)}

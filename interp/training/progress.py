@@ -61,7 +61,9 @@ def _sample_tokens(task, model, n: int = 32):
     """Up to `n` validation examples (right-padded) and their mask, on the model's device."""
     from .data import ExampleTensors
 
-    examples = task.split("val") if len(task.split("val")) else task.split("train")
+    examples = task.split("val")
+    if not len(examples):
+        examples = task.split("train")
     rows = [examples[i] for i in range(min(n, len(examples)))]
     t = ExampleTensors.from_examples(rows, getattr(task.tokenizer, "pad_token_id", 0) or 0, model.cfg.device)
     return t.input_ids, t.attention_mask
@@ -151,7 +153,7 @@ def key_frequencies(spectrum: torch.Tensor, mass: float = 0.8, cap: int = 16) ->
     return sorted(int(i) + 1 for i in order[: min(n, cap)])
 
 
-def _modular_tables(task, device) -> tuple[torch.Tensor, torch.Tensor]:
+def modular_tables(task, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(answers (p, p), train-pair mask (p, p)) of a modular task, computed once per task."""
     cache = task.__dict__.setdefault("_progress_tables", {})
     key = str(device)
@@ -219,7 +221,7 @@ def fourier(model, task) -> dict:
     freqs = key_frequencies(spectrum)
     top8 = float(torch.sort(spectrum, descending=True).values[:8].sum() / spectrum.sum())
     logits = all_pair_logits(model, task)
-    answers, train = _modular_tables(task, logits.device)
+    answers, train = modular_tables(task, logits.device)
     r, e = restricted_and_excluded(logits, freqs, answers, train)
     return {
         "fourier/spectrum": [float(v) for v in (spectrum / spectrum.sum()).tolist()],
