@@ -5,19 +5,26 @@ one JSON document.
     python benchmarks/bench_thoughts.py --out result.json     # GPU: 12 x 768, batch 64 x 256, 6 slots, bf16
     python benchmarks/bench_thoughts.py --small               # CPU smoke run of the same code path
 
-A step is forward + backward of the next-token loss of a batch whose rows hold `<bot>`, 6
-latent slots and `<eot>` at different offsets (prompts of different lengths, right-padded),
-gradients through every thought. Both contenders run the same model and batch in one process,
-interleaved round by round; time is the median step, memory the peak allocated during a step
-above what is allocated before it (weights and gradients). The losses must agree (bf16).
-`--shapes` adds other (layers, d_model, batch) points, e.g. the tiny models Coconut runs
-here train (kernel-launch-bound: every extra pass costs its launches whatever its width).
+A step is what the trainer runs (`interp.training.loop.StepRunner`): forward + backward of the
+next-token loss of a batch whose rows hold `<bot>`, 6 latent slots and `<eot>` at different
+offsets (prompts of different lengths, right-padded), gradients through every thought, then a
+fused AdamW step (lr 0, so every contender sees the same weights). Contenders, in one process
+on the same model and batch, interleaved round by round:
+
+* `naive_recompute`: the naive forward, eager; `naive_recompute_compiled`: `torch.compile`d
+  (the baseline is the faster of the two: the naive path at its best);
+* `kv_multipass`: the latent forward planned per batch (one host read), eager;
+* `kv_multipass_graph`: what `train.trainer: coconut` runs on CUDA: the stage's fixed
+  `LatentLayout` (planned on the device) and the whole step captured as one CUDA graph.
+
+Time is the median step, memory the peak allocated during a step above what is allocated
+before it (weights, gradients, optimizer state). The losses must agree (bf16). `--shapes`
+adds other (layers, d_model, batch) points, e.g. the tiny models Coconut runs here train.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -29,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import presets  # noqa: E402
-from models.thoughts import LatentReasoner, latent_forward_naive  # noqa: E402
+from models.thoughts import LatentReasoner, latent_forward_naive, latent_layout  # noqa: E402
 
 
 def sync(device):
@@ -53,72 +60,80 @@ def make_batch(batch: int, seq: int, slots: int, vocab: int, latent: int, device
     return ids.to(device), labels.to(device)
 
 
-def step_fns(model, latent: int):
-    reasoner = LatentReasoner(model, latent)
+def step_runners(model, latent: int, ids, device, dtype, variants: list[str]) -> dict:
+    """name -> StepRunner, each with its own fused AdamW at lr 0 (nothing moves)."""
+    from interp.training.loop import StepRunner
 
-    def kv(ids, labels):
-        return reasoner(ids, labels=labels, return_type="loss")
+    def naive(x, return_type="loss", labels=None, loss_per_token=True):
+        logits, _ = latent_forward_naive(model, x, latent)
+        return model.loss_fn(logits, labels, per_token=True)
 
-    def naive(ids, labels):
-        logits, _ = latent_forward_naive(model, ids, latent)
-        return model.loss_fn(logits, labels)
+    planned = LatentReasoner(model, latent)
+    fixed = LatentReasoner(model, latent, layout=latent_layout(ids, latent))
+    forwards = {"naive_recompute": (naive, False), "naive_recompute_compiled": (torch.compile(naive), False),
+                "kv_multipass": (planned, False), "kv_multipass_graph": (fixed, device.type == "cuda")}
+    amp = dtype if dtype != torch.float32 else None
+    runners = {}
+    for name in variants:
+        fn, graphs = forwards[name]
+        opt = torch.optim.AdamW(model.parameters(), lr=0.0, **({"fused": True} if device.type == "cuda" else {}),
+                                **({"capturable": True} if graphs else {}))
+        runners[name] = StepRunner(model, fn, opt, 1.0, device, amp, graphs)
+    return runners
 
-    return {"kv_multipass": kv, "naive_recompute": naive}
 
-
-def measure(fns, ids, labels, model, device, dtype, steps: int, warmup: int) -> dict:
-    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    times = {k: [] for k in fns}
+def measure(runners, ids, labels, device, steps: int, warmup: int) -> dict:
+    times = {k: [] for k in runners}
     peaks, losses = {}, {}
 
     def one(name):
-        model.zero_grad(set_to_none=False)
         sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
-        with amp:
-            loss = fns[name](ids, labels)
-        loss.backward()
+        loss, _ = runners[name]([(ids, labels)], 0.0)
         sync(device)
         dt = time.perf_counter() - t0
         if device.type == "cuda":
             peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() - base)
-        losses[name] = float(loss.detach())
+        losses[name] = float(loss)
         return dt
 
     for _ in range(warmup):
-        for name in fns:
+        for name in runners:
             one(name)
     for _ in range(steps):
-        for name in fns:  # interleaved: both see the same clocks and thermals
+        for name in runners:  # interleaved: every contender sees the same clocks and thermals
             times[name].append(one(name))
     out = {}
-    for name in fns:
+    for name in runners:
         out[name] = {"median_ms": 1e3 * statistics.median(times[name]), "min_ms": 1e3 * min(times[name]),
                      "loss": losses[name]}
         if name in peaks:
             out[name]["peak_mib"] = peaks[name] / 2**20
-    kv, nv = out["kv_multipass"], out["naive_recompute"]
-    out["speedup"] = nv["median_ms"] / kv["median_ms"]
-    if "peak_mib" in kv:
-        out["memory_ratio"] = kv["peak_mib"] / nv["peak_mib"]
-    out["loss_abs_diff"] = abs(kv["loss"] - nv["loss"])
+    naive = [n for n in runners if n.startswith("naive")]
+    kv = [n for n in runners if n.startswith("kv")]
+    if naive and kv:
+        best_naive = min(naive, key=lambda n: out[n]["median_ms"])
+        best_kv = min(kv, key=lambda n: out[n]["median_ms"])
+        out["baseline"], out["ours"] = best_naive, best_kv
+        out["speedup"] = out[best_naive]["median_ms"] / out[best_kv]["median_ms"]
+        out["speedup_eager"] = out[naive[0]]["median_ms"] / out[kv[0]]["median_ms"]
+        if "peak_mib" in out[best_kv]:
+            out["memory_ratio"] = out[best_kv]["peak_mib"] / min(out[n]["peak_mib"] for n in naive)
+        out["loss_abs_diff"] = max(abs(out[a]["loss"] - out[b]["loss"]) for a in runners for b in runners)
     return out
 
 
-def profile(fn, ids, labels, device, dtype, rows: int = 12) -> str:
+def profile(runner, ids, labels, device, rows: int = 12) -> str:
     """The ops of one step that take the most time (self time, device or host)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     with torch_profile(activities=acts) as prof:
-        with amp:
-            loss = fn(ids, labels)
-        loss.backward()
+        runner([(ids, labels)], 0.0)
         sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)
@@ -139,13 +154,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--shapes", default="", help="extra points 'layers:d_model:batch,...'")
-    p.add_argument("--profile", action="store_true", help="print the top ops of one KV-cached step per shape")
+    p.add_argument("--variants", default="naive_recompute,naive_recompute_compiled,kv_multipass,kv_multipass_graph")
+    p.add_argument("--profile", action="store_true", help="print the top ops of one eager KV-cached step per shape")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not a.small else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if a.small:
         a.layers, a.d_model, a.batch, a.seq, a.steps, a.warmup = 2, 64, 4, 64, 2, 1
+        a.variants = a.variants.replace("naive_recompute_compiled,", "")  # CPU compile: minutes, not the point
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     shapes = [(a.layers, a.d_model, a.batch)]
@@ -159,10 +176,10 @@ def main(argv=None):
                              n_ctx=max(a.seq, 128), pad_token_id=0).to(device)
         latent = a.vocab - 1
         ids, labels = make_batch(B, a.seq, a.slots, a.vocab, latent, device)
-        fns = step_fns(model, latent)
-        res = measure(fns, ids, labels, model, device, dtype, a.steps, a.warmup)
-        if a.profile:
-            res["profile"] = profile(fns["kv_multipass"], ids, labels, device, dtype)
+        runners = step_runners(model, latent, ids, device, dtype, a.variants.split(","))
+        res = measure(runners, ids, labels, device, a.steps, a.warmup)
+        if a.profile and "kv_multipass" in runners:
+            res["profile"] = profile(runners["kv_multipass"], ids, labels, device)
         res.update(layers=L, d_model=d, batch=B, seq=a.seq, slots=a.slots, vocab=a.vocab, preset=a.preset,
                    params=sum(p.numel() for p in model.parameters()))
         results.append(res)

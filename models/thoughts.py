@@ -43,6 +43,7 @@ from jaxtyping import Float, Int
 from torch.utils.checkpoint import checkpoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from .decoding import StaticKVCache
 from .generation import left_pad, sample_logits
 from .hooks import HookPoint
 from .transformer import HookedTransformer, KVCache, Output, forward_arguments
@@ -56,16 +57,23 @@ def trunk(
     model: HookedTransformer,
     embeds: Float[torch.Tensor, "batch pos d_model"],
     attention_mask: Optional[torch.Tensor] = None,
-    past_kv_cache: Optional[KVCache] = None,
+    past_kv_cache: Optional[Union[KVCache, StaticKVCache]] = None,
+    max_position: Optional[int] = None,
 ) -> Float[torch.Tensor, "batch pos d_model"]:
     """`HookedTransformer.forward` from input embeddings up to the final residual stream (the
     input of `ln_final`), with the same parts in the same order (so the same hooks fire);
     `tests/test_thoughts.py` checks it against forward's own `ln_final` input. The
     unembedding is left to the caller, who needs the residual (a thought) more often than
     logits. Gradient checkpointing applies only without a cache (a recomputed block would
-    append its keys to the cache twice)."""
+    append its keys to the cache twice). `max_position`: a host-known bound on the positions
+    (learned positions then check it instead of reading the largest position off the device)."""
     shape, device = embeds.shape[:2], embeds.device
-    ctx = model._context(shape, device, attention_mask, None, past_kv_cache)
+    if isinstance(past_kv_cache, StaticKVCache):
+        ctx = past_kv_cache.context(model, shape, device, attention_mask)
+    else:
+        ctx = model._context(shape, device, attention_mask, None, past_kv_cache)
+    if max_position is not None and getattr(ctx, "max_position", None) is None:
+        ctx.max_position = max_position
     x = model.hook_embed(embeds)
     if model.cfg.positional == "learned":
         pos = model.pos_embed(ctx.q_pos, max_position=getattr(ctx, "max_position", None))
@@ -85,27 +93,22 @@ class LatentPlan:
     """Where a batch's latent slots are and which columns each pass computes.
 
     Columns are those of the aligned layout: row `b`'s original position `t` sits at column
-    `t + shift[b]`; `width` = original length + max(shift).
+    `t + shift[b]`; `width` = original length + max(shift). `shift` and `n_slots` are host
+    tensors from `plan_latents`, device tensors from `LatentLayout.plan` (no host read).
     """
 
-    shift: Int[torch.Tensor, "batch"]  # host tensor
+    shift: Int[torch.Tensor, "batch"]
     width: int
     first_slot: int  # aligned column of every row's first slot; -1 when the batch has none
-    n_slots: Int[torch.Tensor, "batch"]  # host tensor
+    n_slots: Int[torch.Tensor, "batch"]
     passes: list[tuple[int, int]]  # [start, stop) columns of each pass
+    max_slots: int  # slots of the row that has most (the number of latent passes)
+    aligned: bool  # no row moves: the aligned layout is the caller's
+    max_position: Optional[int] = None  # a host bound on the positions, when one is known
 
     @property
     def n_passes(self) -> int:
         return len(self.passes)
-
-    @property
-    def max_slots(self) -> int:
-        return int(self.n_slots.max()) if self.n_slots.numel() else 0
-
-    @property
-    def aligned(self) -> bool:
-        """No row moved: the aligned layout is the caller's."""
-        return not bool(self.shift.any())
 
     def slot_columns(self) -> list[int]:
         """Aligned column of slot j, j = 0 .. max_slots - 1."""
@@ -118,7 +121,15 @@ class LatentPlan:
     def positions(self, columns: Sequence[int]) -> Int[torch.Tensor, "batch n"]:
         """Original positions of aligned `columns`, per row (negative or >= the original
         length where a column holds padding this plan added)."""
-        return torch.as_tensor(list(columns), dtype=torch.long)[None, :] - self.shift[:, None]
+        return torch.as_tensor(list(columns), dtype=torch.long, device=self.shift.device)[None, :] - self.shift[:, None]
+
+
+def _passes(first_slot: int, n: int, width: int) -> list[tuple[int, int]]:
+    """Pass 0 up to the first slot, one column per later slot, the rest in the last pass."""
+    if n == 0:
+        return [(0, width)]
+    a = first_slot
+    return [(0, a)] + [(a + k - 1, a + k) for k in range(1, n)] + [(a + n - 1, width)]
 
 
 def plan_latents(
@@ -132,24 +143,68 @@ def plan_latents(
     is_slot = (input_ids == latent_token_id).cpu()
     n_slots = is_slot.sum(1)
     first = torch.where(n_slots > 0, is_slot.long().argmax(1), torch.zeros_like(n_slots))
+    mask = attention_mask.bool().cpu() if attention_mask is not None else None
     for b in torch.nonzero(n_slots).flatten().tolist():
         f, n = int(first[b]), int(n_slots[b])
         if not bool(is_slot[b, f : f + n].all()):
             cols = torch.nonzero(is_slot[b]).flatten().tolist()
             raise ValueError(f"row {b}: latent slots must be one contiguous run, found them at positions {cols}")
-        real_before = f > 0 and (attention_mask is None or bool(attention_mask[b, f - 1]))
+        real_before = f > 0 and (mask is None or bool(mask[b, f - 1]))
         if not real_before:
             raise ValueError(f"row {b}: the latent slot at position {f} has no real token before it to take a thought from")
-    if attention_mask is not None and bool((is_slot & ~attention_mask.bool().cpu()).any()):
+    if mask is not None and bool((is_slot & ~mask).any()):
         raise ValueError("a latent slot sits on a padded position (attention_mask is False there)")
     if not bool(n_slots.any()):
-        return LatentPlan(torch.zeros(B, dtype=torch.long), T, -1, n_slots, [(0, T)])
+        return LatentPlan(torch.zeros(B, dtype=torch.long), T, -1, n_slots, [(0, T)], 0, True)
     a = int(first[n_slots > 0].max())
     shift = torch.where(n_slots > 0, a - first, torch.zeros_like(first))
     width = T + int(shift.max())
     n = int(n_slots.max())
-    passes = [(0, a)] + [(a + k - 1, a + k) for k in range(1, n)] + [(a + n - 1, width)]
-    return LatentPlan(shift, width, a, n_slots, passes)
+    return LatentPlan(shift, width, a, n_slots, _passes(a, n, width), n, not bool(shift.any()))
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """The static part of a plan, fixed for a whole set of rows (a curriculum stage's train
+    split): every batch drawn from those rows runs the same passes over the same columns, so
+    planning it reads nothing on the host and the whole training step can be captured as one
+    CUDA graph (`interp.training.coconut`). Make one with `latent_layout(all_rows, ...)`."""
+
+    length: int  # the rows' width (every batch has it)
+    first_slot: int  # aligned column of every first slot (-1: no row has slots)
+    width: int  # aligned width: length + the largest shift of any row
+    max_slots: int
+
+    def plan(self, input_ids: Int[torch.Tensor, "batch pos"], latent_token_id: int) -> LatentPlan:
+        """The plan of a batch drawn from the layout's rows, computed on the device. Rows are
+        trusted to come from those rows (on CPU they are checked; on CUDA a check would cost
+        the host read this exists to avoid)."""
+        B, T = input_ids.shape
+        if T != self.length:
+            raise ValueError(f"a batch of width {T} under a LatentLayout made for rows of width {self.length}")
+        is_slot = input_ids == latent_token_id
+        n_slots = is_slot.sum(1)
+        if self.max_slots == 0:
+            shift = torch.zeros_like(n_slots)
+        else:
+            shift = torch.where(n_slots > 0, self.first_slot - is_slot.long().argmax(1), torch.zeros_like(n_slots))
+        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            got = plan_latents(input_ids, latent_token_id)
+            if got.max_slots > self.max_slots or (got.max_slots and int((shift + T).max()) > self.width) \
+                    or (got.max_slots and bool((shift < 0).any())):
+                raise ValueError("this batch does not fit its LatentLayout: make the layout from every row batches are "
+                                 "drawn from (latent_layout(all_rows, ...))")
+        aligned = self.width == T and self.max_slots == 0
+        return LatentPlan(shift, self.width, self.first_slot, n_slots, _passes(self.first_slot, self.max_slots,
+                          self.width), self.max_slots, aligned, max_position=T - 1)
+
+
+def latent_layout(
+    input_ids: Int[torch.Tensor, "rows pos"], latent_token_id: int, attention_mask: Optional[torch.Tensor] = None,
+) -> LatentLayout:
+    """The `LatentLayout` of these rows (validated here, once: one host read)."""
+    plan = plan_latents(input_ids, latent_token_id, attention_mask)
+    return LatentLayout(input_ids.shape[1], plan.first_slot, plan.width, plan.max_slots)
 
 
 def _align(x: torch.Tensor, plan: LatentPlan, fill) -> torch.Tensor:
@@ -160,7 +215,7 @@ def _align(x: torch.Tensor, plan: LatentPlan, fill) -> torch.Tensor:
     idx = rel.clamp(0, T - 1)
     out = x.gather(1, idx.view(B, plan.width, *([1] * (x.ndim - 2))).expand(B, plan.width, *x.shape[2:]))
     keep = inside.view(B, plan.width, *([1] * (x.ndim - 2)))
-    return torch.where(keep, out, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
+    return out.masked_fill(~keep, fill)  # a Python fill: no host-to-device copy (CUDA-graph safe)
 
 
 def _unalign(x: torch.Tensor, plan: LatentPlan, T: int) -> torch.Tensor:
@@ -187,7 +242,8 @@ class LatentReasoner(HookedRootModule):
     Holds no parameters of its own: save and load `reasoner.model` as any checkpoint.
     """
 
-    def __init__(self, model: HookedTransformer, latent_token_id: int, thought: str = "resid"):
+    def __init__(self, model: HookedTransformer, latent_token_id: int, thought: str = "resid",
+                 layout: Optional[LatentLayout] = None):
         super().__init__()
         if not 0 <= int(latent_token_id) < model.cfg.d_vocab:
             raise ValueError(f"latent_token_id={latent_token_id} is outside the vocabulary [0, {model.cfg.d_vocab})")
@@ -201,6 +257,9 @@ class LatentReasoner(HookedRootModule):
         self.pass_index: Optional[int] = None  # the pass running now (None outside a forward)
         self.plan: Optional[LatentPlan] = None  # the plan of the current / last forward
         self.thoughts: Optional[torch.Tensor] = None  # (batch, slot, d_model) fed in the last forward
+        # A fixed layout (every batch from one set of rows): plans on the device, no host read,
+        # so a training step can be captured as a CUDA graph. None: each batch is planned anew.
+        self.layout: Optional[LatentLayout] = layout
         self.setup()
 
     def setup(self) -> None:
@@ -247,7 +306,10 @@ class LatentReasoner(HookedRootModule):
             attention_mask = attention_mask.to(tokens.device).bool()
             if attention_mask.shape != tokens.shape:
                 raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input {tuple(tokens.shape)}")
-        plan = plan_latents(tokens, self.latent_token_id, attention_mask)
+        if self.layout is not None:
+            plan = self.layout.plan(tokens, self.latent_token_id)
+        else:
+            plan = plan_latents(tokens, self.latent_token_id, attention_mask)
         resid = self._run_passes(tokens, attention_mask, plan)
         resid = _unalign(resid, plan, T)
         if return_type == "loss":
@@ -288,7 +350,7 @@ class LatentReasoner(HookedRootModule):
                     has_slot = (n_slots >= p).view(B, 1, 1)
                     x = torch.cat([torch.where(has_slot, thought.to(x.dtype), x[:, :1]), x[:, 1:]], dim=1)
                     fed.append(thought)
-                resids.append(trunk(model, x, mask[:, c0:c1] if mask is not None else None, cache))
+                resids.append(trunk(model, x, mask[:, c0:c1] if mask is not None else None, cache, plan.max_position))
         finally:
             self.pass_index = None
         d = model.cfg.d_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import presets
-from models.thoughts import LatentReasoner, latent_forward_naive, plan_latents, trunk
+from models.thoughts import LatentReasoner, latent_forward_naive, latent_layout, plan_latents, trunk
 
 LATENT = 9
 VOCAB = 24
@@ -180,3 +180,68 @@ def test_generate_matches_the_forward(eot):
 def test_run_with_cache_points_to_pass_caches():
     with pytest.raises(NotImplementedError, match="pass_caches"):
         LatentReasoner(model_for("vanilla", "rope"), LATENT).run_with_cache(ragged_batch())
+
+
+def stage_rows():
+    """Six rows of one 'stage': slots at different offsets and counts (one row without),
+    right-padded, as a curriculum stage's train split."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(10, VOCAB, (6, 16), generator=g)
+    for b, (first, n) in enumerate([(4, 3), (8, 2), (None, 0), (6, 3), (3, 1), (7, 3)]):
+        if first is not None:
+            ids[b, first : first + n] = LATENT
+    ids[2, 12:] = 0
+    return ids
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope", "alibi", "none"])
+def test_fixed_layout_equals_planning_each_batch(positional):
+    """Under a `LatentLayout` made from all rows, a batch of some of them gives the logits,
+    thoughts and gradients that planning that batch alone gives (its columns are wider)."""
+    model = model_for("vanilla" if positional != "alibi" else "factored-alibi", positional)
+    rows = stage_rows()
+    layout = latent_layout(rows, LATENT)
+    assert (layout.length, layout.first_slot, layout.width, layout.max_slots) == (16, 8, 21, 3)
+    batch = rows[[0, 2, 4]]  # its own plan: first slot 4, width 17
+    labels = batch.masked_fill(batch == LATENT, -100)
+    planned, fixed = LatentReasoner(model, LATENT), LatentReasoner(model, LATENT, layout=layout)
+    logits, grads = [], []
+    for reasoner in (planned, fixed):
+        model.zero_grad()
+        out = reasoner(batch, labels=labels)
+        out.loss.backward()
+        logits.append(out.logits)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert planned.plan.width == 17 and fixed.plan.width == 21 and fixed.plan.n_passes == 4
+    assert (logits[0] - logits[1]).abs().max() < ATOL
+    # the batch's own plan has 3 slots too (row 0); the thoughts are the same
+    assert (planned.thoughts - fixed.thoughts).abs().max() < ATOL
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], atol=ATOL, rtol=1e-4), name
+
+
+def test_fixed_layout_step_has_no_host_read():
+    """What makes the trainer's Coconut step capturable as one CUDA graph: under a layout the
+    latent forward traces into a single graph (a host read would break it), planned per batch
+    it does not."""
+    model = model_for("math-compact", "rope")
+    rows = stage_rows()
+    labels = rows.masked_fill(rows == LATENT, -100)
+    fixed = LatentReasoner(model, LATENT, layout=latent_layout(rows, LATENT))
+    planned = LatentReasoner(model, LATENT)
+    torch._dynamo.reset()
+    loss = torch.compile(lambda x, y: fixed(x, labels=y, return_type="loss"), fullgraph=True, backend="eager")
+    assert torch.allclose(loss(rows, labels), planned(rows, labels=labels, return_type="loss"), atol=ATOL)
+    with pytest.raises(Exception, match=r"(?i)data-dependent|graph break|unsupported"):
+        torch.compile(lambda x, y: planned(x, labels=y, return_type="loss"), fullgraph=True, backend="eager")(rows, labels)
+    torch._dynamo.reset()
+
+
+def test_fixed_layout_refuses_rows_it_was_not_made_for():
+    rows = stage_rows()
+    layout = latent_layout(rows[:2], LATENT)  # first slots 4 and 8: no room for a slot at 3
+    reasoner = LatentReasoner(model_for("vanilla", "rope"), LATENT, layout=layout)
+    with pytest.raises(ValueError, match="does not fit its LatentLayout"):
+        reasoner(rows[[4]])
+    with pytest.raises(ValueError, match="width 15"):
+        reasoner(rows[:, :15])

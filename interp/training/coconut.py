@@ -49,7 +49,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from models.generation import generate
-from models.thoughts import LATENT_TOKEN, LatentReasoner, THOUGHT_SOURCES
+from models.thoughts import LATENT_TOKEN, LatentLayout, LatentReasoner, THOUGHT_SOURCES, latent_layout
 
 from ..tasks.base import ANSWER, IGNORE_INDEX, PROMPT, STEP, Example
 from ..tokenizers import Tokenizer
@@ -361,6 +361,7 @@ class CoconutTrainer(Trainer):
         base = task if task is not None else build_task(cfg["task"])
         self.staged = StagedTask(base, self.o)
         self._data_stage: Optional[int] = None
+        self.layout: Optional[LatentLayout] = None  # the stage's fixed latent layout (coconut mode)
         super().__init__(cfg, resume=resume, task=self.staged)
 
     # ------------------------------------------------------------------ the schedule
@@ -386,17 +387,14 @@ class CoconutTrainer(Trainer):
         return self.make_data_for(self.stage_at(self.start_step))
 
     def make_forward(self):
+        """Coconut: the latent forward under the stage's fixed layout (every batch of the stage
+        runs the same passes, planned on the device), so the whole step, its n + 1 passes
+        included, is captured as one CUDA graph (`train.cuda_graphs`); `train.compile: true`
+        compiles it too (once per stage). Other modes: the model's own step."""
         if self.o["mode"] == "coconut":
-            return LatentReasoner(self.model, self.staged.latent_id, thought=self.o["thought"])
+            reasoner = LatentReasoner(self.model, self.staged.latent_id, thought=self.o["thought"], layout=self.layout)
+            return torch.compile(reasoner, dynamic=False) if self.t["compile"] is True else reasoner
         return super().make_forward()
-
-    def _want_graphs(self) -> bool:
-        if self.o["mode"] == "coconut":
-            if self.t["cuda_graphs"] is True:
-                raise TrainConfigError("train.cuda_graphs=true: a Coconut step reads its latent layout on the host "
-                                       "and runs passes of varying width; it cannot be one CUDA graph")
-            return False
-        return super()._want_graphs()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         t = self.t
@@ -416,6 +414,7 @@ class CoconutTrainer(Trainer):
         if stage != self._data_stage:
             self.data.close()
             self.data = self.make_data_for(stage)
+            self.step_runner.forward = self.make_forward()  # under the new stage's layout
             self.step_runner.reset()
         if switched or step == self.start_step:
             sinks.log({"event": "stage", "step": step, "stage": stage, "mode": self.o["mode"],
@@ -430,6 +429,8 @@ class CoconutTrainer(Trainer):
         t = self.t
         tensors = ExampleTensors.from_examples(self.staged.examples("train", stage, seed=t["seed"]), self.pad_id,
                                                self.device)
+        if self.o["mode"] == "coconut":  # one host read per stage, none per step
+            self.layout = latent_layout(tensors.input_ids, self.staged.latent_id)
         return TrainData(tensors, t["batch_size"], t["grad_accum"], t["seed"], self.device)
 
     # ------------------------------------------------------------------ evaluation
@@ -439,7 +440,9 @@ class CoconutTrainer(Trainer):
         examples = self.staged.examples(split, stage)
         if t["eval_batches"]:
             examples = examples[: bs * t["eval_batches"]]
-        forward = self.make_forward() if self.o["mode"] == "coconut" else self.model
+        # evaluation batches are planned one by one (no fixed layout)
+        forward = (LatentReasoner(self.model, self.staged.latent_id, thought=self.o["thought"])
+                   if self.o["mode"] == "coconut" else self.model)
         was_training = self.model.training
         self.model.eval()
         try:
