@@ -35,6 +35,7 @@ holds what was fed (detached), (batch, slot, d_model), zero where a row has fewe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -43,6 +44,7 @@ from jaxtyping import Float, Int
 from torch.utils.checkpoint import checkpoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from . import decoding
 from .decoding import StaticKVCache
 from .generation import left_pad, sample_logits
 from .hooks import HookPoint
@@ -375,6 +377,8 @@ class LatentReasoner(HookedRootModule):
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
+        fast: Optional[bool] = None,
+        compile: Optional[Union[bool, str]] = None,
     ) -> LatentGeneration:
         """Think `n_latents` thoughts after each prompt (which should end with `<bot>`), feed
         `eot_token_id` if given (Coconut's inference: the number of thoughts is fixed and the
@@ -382,6 +386,12 @@ class LatentReasoner(HookedRootModule):
 
         Prompts of different lengths are left-padded, so every row thinks in the same columns.
         Rows stop independently at `stop_tokens` (default: the model's `eos_token_id`).
+
+        `fast` (as `models.generation.generate`'s): None takes the static cache on CUDA when
+        nothing is hooked (model hooks or `hook_thought`), where every thought and every token
+        is one call of the same step (compiled as a CUDA graph: `compile`, None = on CUDA);
+        False always runs pass by pass with the dynamic cache (hooks see `pass_index`). Both
+        give the same tokens and thoughts (`tests/test_thoughts.py`).
         """
         if n_latents < 0:
             raise ValueError(f"n_latents must be >= 0, got {n_latents}")
@@ -402,9 +412,30 @@ class LatentReasoner(HookedRootModule):
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
         B = tokens.shape[0]
+        self.plan = None
+        think = n_latents + (eot_token_id is not None)
+        use_fast = fast if fast is not None else tokens.is_cuda
+        if use_fast and max_new_tokens > 0 and not self.hook_thought.fwd_hooks and not decoding.hooks_attached(model) \
+                and decoding.cache_length(model.cfg, tokens.shape[1] + think, max_new_tokens) is not None:
+            compile = tokens.is_cuda if compile is None else compile
+            if compile is not False and model in decoding._COMPILE_FAILED:
+                compile = False
+            try:
+                try:
+                    return self._generate_static(tokens, mask, n_latents, eot_token_id, max_new_tokens, stop, pad,
+                                                 sampling, compile)
+                except torch._dynamo.exc.TorchDynamoException as e:
+                    if compile is False:
+                        raise
+                    decoding._COMPILE_FAILED.add(model)
+                    warnings.warn(f"compiled latent decoding failed ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}); decoding eagerly with the static cache")
+                    return self._generate_static(tokens, mask, n_latents, eot_token_id, max_new_tokens, stop, pad,
+                                                 sampling, False)
+            finally:
+                model.train(was_training)
         cache = KVCache(model.cfg.n_layers)
         thoughts = []
-        self.plan = None
         try:
             # pass 0: the prompt; passes 1 .. n-1: one latent column each; then the last slot
             # (and <eot>) in one pass whose last position gives the first token
@@ -456,6 +487,95 @@ class LatentReasoner(HookedRootModule):
         stacked = torch.cat(thoughts, dim=1) if thoughts else torch.zeros(B, 0, d, device=device)
         self.thoughts = stacked
         return LatentGeneration(tokens, mask, new_tokens, stacked)
+
+
+    def _generate_static(self, tokens, mask, n_latents, eot_token_id, max_new_tokens, stop, pad, sampling, compile
+                         ) -> LatentGeneration:
+        """`generate` on a static KV cache: the prompt is one prefill; then every thought, the
+        `<eot>` and every token is one call of `_latent_step` (one column), so a compiled step
+        is one CUDA-graph replay. As `models.decoding.fast_generate`, the host looks at the
+        stop condition every `STOP_CHECK_EVERY` tokens and trims the output to what the
+        pass-by-pass loop returns."""
+        model = self.model
+        B, T = tokens.shape
+        device = tokens.device
+        think = n_latents + (eot_token_id is not None)
+        length = decoding.cache_length(model.cfg, T + think, max_new_tokens)
+        cache = decoding.static_cache(model, B, length, decoding._cache_dtype(model, device))
+        step = _latent_steps(compile)
+        graphs = compile is not False and device.type == "cuda"
+        ones = torch.ones(B, 1, dtype=torch.bool, device=device)
+
+        def feed(embeds, alive):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            resid, logits = step(model, cache, embeds, alive)
+            return resid.clone(), logits.clone()  # a graph's outputs are overwritten by its next replay
+
+        cache.phase = "prefill"
+        resid = trunk(model, model.embed(tokens), mask if not bool(mask.all()) else None, cache)[:, -1:]
+        logits = model.unembed_resid(model.ln_final(resid[:, -1]))
+        cache.phase = "decode"
+        thoughts = []
+        for _ in range(n_latents):
+            thought = self._thought(resid)
+            thoughts.append(thought)
+            resid, logits = feed(thought, ones)
+        tail = [int(eot_token_id)] if eot_token_id is not None else []
+        if tail:
+            resid, logits = feed(model.embed(torch.full((B, 1), tail[0], dtype=torch.long, device=device)), ones)
+        tokens = torch.cat([tokens, torch.tensor([tail] * B, dtype=torch.long, device=device).view(B, -1)], dim=1)
+        mask = torch.cat([mask, torch.ones(B, len(tail), dtype=torch.bool, device=device)], dim=1)
+
+        out = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
+        alive_out = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=device)
+        all_done = torch.zeros(max_new_tokens, dtype=torch.bool, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        n_steps = max_new_tokens
+        for i in range(max_new_tokens):
+            nxt = sample_logits(logits, **sampling).masked_fill(done, pad)
+            alive = ~done
+            out[:, i] = nxt
+            alive_out[:, i] = alive
+            if stop.numel():
+                done = done | torch.isin(nxt, stop)
+                all_done[i] = done.all()
+                if (i + 1) % decoding.STOP_CHECK_EVERY == 0 and bool(all_done[i]):
+                    break
+            if i + 1 == max_new_tokens:
+                break
+            resid, logits = feed(model.embed(nxt[:, None]), alive[:, None])
+        if stop.numel() and bool(all_done.any()):
+            n_steps = int(all_done.nonzero()[0, 0]) + 1
+        out, alive_out = out[:, :n_steps], alive_out[:, :n_steps]
+        new_tokens = [row[keep].tolist() for row, keep in zip(out.cpu(), alive_out.cpu())]
+        d = model.cfg.d_model
+        stacked = torch.cat(thoughts, dim=1) if thoughts else torch.zeros(B, 0, d, device=device)
+        self.thoughts = stacked
+        return LatentGeneration(torch.cat([tokens, out], dim=1), torch.cat([mask, alive_out], dim=1), new_tokens,
+                                stacked)
+
+
+def _latent_step(model: HookedTransformer, cache: StaticKVCache, embeds: torch.Tensor, alive: torch.Tensor):
+    """One column per row on a static cache in its decode phase: (resid (b, 1, d), logits (b, vocab))."""
+    resid = trunk(model, embeds, alive, cache)
+    cache.step.add_(1)
+    return resid, model.unembed_resid(model.ln_final(resid[:, -1]))
+
+
+_STEPS: dict = {}
+
+
+def _latent_steps(backend: Union[bool, str]):
+    """`_latent_step`, eager (False), compiled with CUDA graphs (True) or under a named
+    `torch.compile` backend (e.g. "eager", to check that it traces into one graph)."""
+    if backend is False:
+        return _latent_step
+    backend = "inductor" if backend is True else backend
+    if backend not in _STEPS:
+        kw = dict(mode="reduce-overhead") if backend == "inductor" else {}
+        _STEPS[backend] = torch.compile(_latent_step, backend=backend, fullgraph=True, **kw)
+    return _STEPS[backend]
 
 
 # ============================================================================ the reference

@@ -49,7 +49,7 @@ def train_one(config: Path, out: Path, small: bool) -> None:
     (out / "done.json").write_text(json.dumps({"checkpoint": str(last), "seconds": time.time() - t0}))
 
 
-def evaluate_and_pack(name: str, run: Path, ship: Path, check: int) -> dict:
+def evaluate_and_pack(name: str, run: Path, ship: Path, check: int, sharing: int = 1) -> dict:
     import torch
 
     from interp import checkpoint as ckpt_lib
@@ -79,8 +79,8 @@ def evaluate_and_pack(name: str, run: Path, ship: Path, check: int) -> dict:
                        gen=test["mean_generated_tokens"], lang=test["mean_language_tokens"], n=test["n_examples"],
                        steps=meta["training"]["step"], params=params, options=json.dumps(o),
                        cfg=model.cfg, stem=name.removeprefix("coconut_"),
-                       trained=(f"trained {meta['training']['step']} steps in {done['seconds']:.0f} s (eight runs sharing "
-                                "one GPU)" if "checkpoint" in done else
+                       trained=(f"trained {meta['training']['step']} steps in {done['seconds']:.0f} s ({sharing} runs "
+                                "sharing one GPU)" if "checkpoint" in done else
                                 f"stopped by the time limit at step {meta['training']['step']} of {run_config['train']['steps']}"))
     training = {"step": meta["training"]["step"], "run_config": run_config, "eval": meta["training"].get("eval"),
                 "test": {k: v for k, v in row.items() if k != "check"}}
@@ -168,7 +168,7 @@ def main(argv=None):
         if stem in failed:
             continue
         try:
-            rows.append(evaluate_and_pack(f"coconut_{stem}", runs / stem, ship, a.check))
+            rows.append(evaluate_and_pack(f"coconut_{stem}", runs / stem, ship, a.check, sharing=len(procs)))
         except Exception as e:  # pack what worked; say what did not
             failed.append(f"{stem} (evaluation: {type(e).__name__}: {e})")
     doc = {"rows": rows, "failed": failed, "paper": PAPER_ANCHORS, "small": a.small}

@@ -245,3 +245,38 @@ def test_fixed_layout_refuses_rows_it_was_not_made_for():
         reasoner(rows[[4]])
     with pytest.raises(ValueError, match="width 15"):
         reasoner(rows[:, :15])
+
+
+@pytest.mark.parametrize("preset,positional", [("llama-like", "rope"), ("vanilla", "learned"),
+                                               ("factored-alibi", "alibi"), ("math-compact", "none")])
+@pytest.mark.parametrize("eot", [None, 5])
+def test_static_cache_generation_equals_pass_by_pass(preset, positional, eot):
+    """The static-cache path (every thought, <eot> and token one step on a preallocated cache)
+    gives the tokens, masks and thoughts of the pass-by-pass loop: prompts of different lengths,
+    rows stopping at different steps; eager and traced as one graph (backend "eager")."""
+    model = model_for(preset, positional).eval()
+    reasoner = LatentReasoner(model, LATENT)
+    prompts = [[11, 12, 13, 1], [14, 15, 1], [16, 1]]
+    ref = reasoner.generate(prompts, n_latents=3, max_new_tokens=20, eot_token_id=eot, fast=False)
+    def stop_steps(t):  # where each row would stop at token t (greedy: the tokens before do not change)
+        return [row.index(t) if t in row else len(row) for row in ref.new_tokens]
+
+    stops = [next(t for t in sorted({t for row in ref.new_tokens for t in row})
+                  if len(set(stop_steps(t))) > 1)]  # rows stop at different steps
+    ref = reasoner.generate(prompts, n_latents=3, max_new_tokens=20, eot_token_id=eot, stop_tokens=stops, fast=False)
+    assert len({len(r) for r in ref.new_tokens}) > 1
+    for compile in (False, "eager"):
+        got = reasoner.generate(prompts, n_latents=3, max_new_tokens=20, eot_token_id=eot, stop_tokens=stops,
+                                fast=True, compile=compile)
+        assert got.new_tokens == ref.new_tokens
+        assert torch.equal(got.tokens, ref.tokens) and torch.equal(got.attention_mask, ref.attention_mask)
+        assert torch.allclose(got.thoughts, ref.thoughts, atol=ATOL, rtol=1e-5)  # thoughts here reach ~100
+
+
+def test_generation_with_a_thought_hook_runs_pass_by_pass():
+    model = model_for("llama-like", "rope").eval()
+    reasoner = LatentReasoner(model, LATENT)
+    seen = []
+    with reasoner.hooks(fwd_hooks=[("hook_thought", lambda t, hook: seen.append(reasoner.pass_index))]):
+        reasoner.generate([[11, 12, 1]], n_latents=2, max_new_tokens=2, fast=True, stop_tokens=[])
+    assert seen == [1, 2]

@@ -305,7 +305,7 @@ def evaluate_coconut(
                                                 eot_token_id=eot if feed else None, stop_tokens=[eos])
                     else:
                         out = generate(model, [prompts[i] for i in chunk], max_new_tokens=budget, greedy=True,
-                                       stop_tokens=[eos], return_output=True, fast=False)
+                                       stop_tokens=[eos], return_output=True)
                 for i, new in zip(chunk, out.new_tokens):
                     fed_eot = mode == "pause" and prompts[i][-1] == eot or reasoner is not None and feed
                     rows[i] = (_answer_correct(new, targets[i], eos, eot, needs_eot=mode != "no_cot" and not fed_eot), new)
