@@ -259,6 +259,8 @@ def evaluate_coconut(
     """Greedy answers of `n` examples of `split` from index `start` (default: the first `n`), the
     way `staged.o["mode"]` answers (at `stage`, default the last): accuracy, mean generated tokens
     (language tokens up to `<eos>`, plus thoughts for Coconut) and mean language tokens.
+    Decoding takes the static KV cache on CUDA, uncompiled: every stage and chunk is a new
+    shape, and compiling one costs seconds, more than a small model's whole evaluation.
     `return_rows` adds a per-example list (correct, generated ids)."""
     o, mode, tok = staged.o, staged.o["mode"], staged.tokenizer
     stage = final_stage(o) if stage is None else stage
@@ -302,10 +304,10 @@ def evaluate_coconut(
                 with autocast(device, amp):
                     if reasoner is not None:
                         out = reasoner.generate([prompts[i] for i in chunk], n_lat, max_new_tokens=budget,
-                                                eot_token_id=eot if feed else None, stop_tokens=[eos])
+                                                eot_token_id=eot if feed else None, stop_tokens=[eos], compile=False)
                     else:
                         out = generate(model, [prompts[i] for i in chunk], max_new_tokens=budget, greedy=True,
-                                       stop_tokens=[eos], return_output=True)
+                                       stop_tokens=[eos], return_output=True, compile=False)
                 for i, new in zip(chunk, out.new_tokens):
                     fed_eot = mode == "pause" and prompts[i][-1] == eot or reasoner is not None and feed
                     rows[i] = (_answer_correct(new, targets[i], eos, eot, needs_eot=mode != "no_cot" and not fed_eot), new)
