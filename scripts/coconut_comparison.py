@@ -33,20 +33,23 @@ PAPER_ANCHORS = {"prosqa": {"cot": {"accuracy": 0.775}, "coconut": {"accuracy": 
 SMALL = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "train.steps=24", "train.batch_size=16",
          "train.eval_every=12", "train.eval_generate=8", "train.eval_batches=1", "train.save_every=24",
          "train.log_every=4", "task.n_train=96", "task.n_val=16", "task.n_test=16", "train.device=cpu",
-         "train.coconut.epochs_per_stage=0.5"]
+         "train.coconut.epochs_per_stage=0.5", "train.init_from=null"]
 SMALL_TASK = {"graph": ["task.path_length=[1, 2]", "task.branching=1", "task.dead_end_length=1", "task.n_concepts=16",
                         "train.coconut.max_latent_stage=2"]}
 
 
-def train_one(config: Path, out: Path, small: bool) -> None:
+def train_one(config: Path, out: Path, small: bool, extra: list[str]) -> None:
     from interp.training import train
 
-    overrides = [f"train.out_dir={out}", "train.overwrite=true", "train.progress=false"]
+    overrides = [f"train.out_dir={out}", "train.overwrite=true", "train.progress=false"] + extra
     if small:
         overrides += SMALL + SMALL_TASK.get(config.stem.split("_")[0], [])
     t0 = time.time()
     last = train(config, overrides)
     (out / "done.json").write_text(json.dumps({"checkpoint": str(last), "seconds": time.time() - t0}))
+
+
+_TASKS: dict = {}
 
 
 def evaluate_and_pack(name: str, run: Path, ship: Path, check: int, sharing: int = 1) -> dict:
@@ -64,7 +67,10 @@ def evaluate_and_pack(name: str, run: Path, ship: Path, check: int, sharing: int
     model = model.half().float()  # exactly the weights that ship
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    staged = StagedTask(make_task(**meta["task"]), o)
+    key = json.dumps(meta["task"], sort_keys=True)
+    if key not in _TASKS:  # the runs of one task share it (100k graph examples take ~25 s to draw)
+        _TASKS[key] = make_task(**meta["task"])
+    staged = StagedTask(_TASKS[key], o)
     test = evaluate_coconut(model, staged, "test", device=device)
     first = evaluate_coconut(model, staged, "test", n=check, device=device, return_rows=True)
     params = sum(p.numel() for p in model.parameters())
@@ -127,10 +133,12 @@ def main(argv=None):
     p.add_argument("--check", type=int, default=64, help="test examples whose per-example results are stored")
     p.add_argument("--deadline", type=float, default=None,
                    help="seconds: then stop the runs still training (each saves its last step) and pack what exists")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run (repeatable), e.g. train.init_from=DIR")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker is not None:
-        return train_one(a.worker, a.out, a.small)
+        return train_one(a.worker, a.out, a.small, a.set)
     configs = sorted((REPO / "configs" / "coconut").glob("*.yaml"))
     if a.only:
         keep = set(a.only.split(","))
@@ -144,6 +152,7 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         log = open(a.out / f"{cfg.stem}.log", "w")
         cmd = [sys.executable, __file__, "--worker", str(cfg), "--out", str(out)] + (["--small"] if a.small else [])
+        cmd += [f"--set={kv}" for kv in a.set]
         procs[cfg.stem] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log)
     t0 = time.time()
     failed = []

@@ -221,12 +221,13 @@ class StagedTask:
         return max(p.length(mode, s, o) for split in ("train", "val", "test") for p in self.parts(split)
                    for s in stages)
 
-    def examples(self, split: str, stage: int, seed: Optional[int] = None) -> list[Example]:
-        """The split in the layout of `stage` (`seed`: draw the `uniform_prob` mixing)."""
+    def examples(self, split: str, stage: int, seed: Optional[int] = None, n: Optional[int] = None) -> list[Example]:
+        """The split (its first `n` examples) in the layout of `stage` (`seed`: draw the
+        `uniform_prob` mixing)."""
         mode, o = self.o["mode"], self.o
         rng = random.Random(seed * 1_000_003 + stage) if seed is not None and o["uniform_prob"] > 0 else None
         out = []
-        for p in self.parts(split):
+        for p in self.parts(split)[:n]:
             s = stage
             if rng is not None and rng.random() < o["uniform_prob"]:
                 s = rng.randint(0, p.n_steps)
@@ -439,9 +440,7 @@ class CoconutTrainer(Trainer):
     def _eval_metrics(self, split: str, stage: int) -> dict:
         t = self.t
         bs = t["eval_batch_size"] or (t["batch_size"] if t["batch_size"] != "full" else 256)
-        examples = self.staged.examples(split, stage)
-        if t["eval_batches"]:
-            examples = examples[: bs * t["eval_batches"]]
+        examples = self.staged.examples(split, stage, n=bs * t["eval_batches"] if t["eval_batches"] else None)
         # evaluation batches are planned one by one (no fixed layout)
         forward = (LatentReasoner(self.model, self.staged.latent_id, thought=self.o["thought"])
                    if self.o["mode"] == "coconut" else self.model)

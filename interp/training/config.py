@@ -32,6 +32,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     steps=1000,  # total optimizer steps (also the cosine schedule's length)
     epochs=None,  # instead of steps: passes over the train split (steps = ceil(epochs * n / global batch))
     stop_at=None,  # stop (and checkpoint) after this step, keeping the schedule of `steps`
+    init_from=None,  # a checkpoint whose weights start this run (step 0, fresh optimizer); same model config
     batch_size=32,  # examples per micro-batch, or "full": the whole train split every step
     grad_accum=1,  # micro-batches per optimizer step
     lr=1e-3,
@@ -214,6 +215,8 @@ def _validate_train(t: dict) -> None:
         raise TrainConfigError(f"train.min_lr must be a number or null, got {t['min_lr']!r}")
     if not (isinstance(t["betas"], (list, tuple)) and len(t["betas"]) == 2):
         raise TrainConfigError(f"train.betas must be [beta1, beta2], got {t['betas']!r}")
+    if t["init_from"] is not None and not isinstance(t["init_from"], str):
+        raise TrainConfigError(f"train.init_from must be a checkpoint path or null, got {t['init_from']!r}")
     if t["stop_at"] is not None and (not isinstance(t["stop_at"], int) or t["stop_at"] < 1):
         raise TrainConfigError(f"train.stop_at must be a positive integer or null, got {t['stop_at']!r}")
     if str(t["dtype"]).lower() not in ("auto", "bf16", "bfloat16", "fp32", "float32"):

@@ -346,13 +346,10 @@ class Trainer:
 
         self.start_step, self.tokens_seen = 0, 0
         state = None
+        if resume is None and t["init_from"] is not None:  # weights only: the run itself starts at step 0
+            self._load_weights(Path(t["init_from"]), model_cfg, "train.init_from")
         if resume is not None:
-            loaded, _ = ckpt_lib.load(resume, device="cpu", load_tokenizer=False)
-            diff = {k: (v, getattr(loaded.cfg, k)) for k, v in model_cfg.to_dict().items()
-                    if k != "gradient_checkpointing" and getattr(loaded.cfg, k) != v}
-            if diff:
-                raise TrainConfigError(f"{resume}: model config differs from this run's, as (run, checkpoint): {diff}")
-            self.model.load_state_dict(loaded.state_dict())
+            self._load_weights(Path(resume), model_cfg, str(resume))
             state = ckpt_lib.load_train_state(resume)
             self.start_step, self.tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
         self.model.to(self.device)
@@ -388,6 +385,18 @@ class Trainer:
         self.step_runner = StepRunner(self.model, self.make_forward(), self.optimizer, float(t["grad_clip"] or 0),
                                       self.device, self.amp, self.graphs)
         self.last_eval: Optional[dict] = None
+
+    def _load_weights(self, path: Path, model_cfg, what: str) -> None:
+        """Load a checkpoint's weights into the (still CPU) model; its config must be this run's."""
+        try:
+            loaded, _ = ckpt_lib.load(path, device="cpu", load_tokenizer=False)
+        except ckpt_lib.CheckpointError as e:
+            raise TrainConfigError(f"{what}: {e}") from None
+        diff = {k: (v, getattr(loaded.cfg, k)) for k, v in model_cfg.to_dict().items()
+                if k != "gradient_checkpointing" and getattr(loaded.cfg, k) != v}
+        if diff:
+            raise TrainConfigError(f"{what} ({path}): model config differs from this run's, as (run, checkpoint): {diff}")
+        self.model.load_state_dict({k: v.float() for k, v in loaded.state_dict().items()})
 
     # ------------------------------------------------------------------ extension points
     def prepare_model(self) -> None:
