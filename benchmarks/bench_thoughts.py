@@ -15,7 +15,8 @@ on the same model and batch, interleaved round by round:
   (the baseline is the faster of the two: the naive path at its best);
 * `kv_multipass`: the latent forward planned per batch (one host read), eager;
 * `kv_multipass_graph`: what `train.trainer: coconut` runs on CUDA: the stage's fixed
-  `LatentLayout` (planned on the device) and the whole step captured as one CUDA graph.
+  `LatentLayout` (planned on the device) and the whole step captured as one CUDA graph;
+  `kv_multipass_compiled_graph`: the same, `torch.compile`d first (`train.compile: true`).
 
 Time is the median step, memory the peak allocated during a step above what is allocated
 before it (weights, gradients, optimizer state). The losses must agree (bf16). `--shapes`
@@ -71,7 +72,8 @@ def step_runners(model, latent: int, ids, device, dtype, variants: list[str]) ->
     planned = LatentReasoner(model, latent)
     fixed = LatentReasoner(model, latent, layout=latent_layout(ids, latent))
     forwards = {"naive_recompute": (naive, False), "naive_recompute_compiled": (torch.compile(naive), False),
-                "kv_multipass": (planned, False), "kv_multipass_graph": (fixed, device.type == "cuda")}
+                "kv_multipass": (planned, False), "kv_multipass_graph": (fixed, device.type == "cuda"),
+                "kv_multipass_compiled_graph": (torch.compile(fixed, dynamic=False), device.type == "cuda")}
     amp = dtype if dtype != torch.float32 else None
     runners = {}
     for name in variants:
