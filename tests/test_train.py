@@ -158,6 +158,22 @@ def test_resume_from_a_step_checkpoint_with_overrides(tmp_path, toolkit):
     assert steps == list(range(1, 9))  # the log was rewound to step 3, then continued
 
 
+def test_init_from_starts_from_the_checkpoint_weights(tmp_path, toolkit):
+    """`train.init_from`: the new run starts at step 0 from the checkpoint's weights (its first
+    loss is the trained model's, far below a fresh model's); a checkpoint of another shape is
+    refused with the differing keys."""
+    first = tr.train(tiny_config(tmp_path, "first", steps=20, eval_every=20))
+    fresh = tr.train(tiny_config(tmp_path, "fresh", steps=1, eval_every=1))
+    warm = tr.train(tiny_config(tmp_path, "warm", steps=1, eval_every=1, init_from=str(first)))
+    assert warm.name == "step_000001" and [e["step"] for e in train_events(warm.parent)] == [1]
+    trained_loss = train_events(first.parent)[-1]["loss"]
+    assert train_events(warm.parent)[0]["loss"] < min(2 * trained_loss, 0.5 * train_events(fresh.parent)[0]["loss"])
+    with pytest.raises(tr.TrainConfigError, match="train.init_from.*d_model"):
+        tr.train(tiny_config(tmp_path, "other", steps=1, init_from=str(first)), ["model.d_model=48"])
+    with pytest.raises(tr.TrainConfigError, match="train.init_from: .*no such checkpoint"):
+        tr.train(tiny_config(tmp_path, "missing", steps=1, init_from=str(tmp_path / "nope")))
+
+
 def test_fresh_run_refuses_to_clobber_checkpoints(tmp_path, toolkit):
     cfg = tiny_config(tmp_path, steps=2, eval_every=2)
     tr.train(cfg)
