@@ -346,7 +346,7 @@ def encode(ck: Loaded, text: str) -> list[int]:
     bos = ck.cfg.bos_token_id
     if uses_bos(ck) and (not ids or ids[0] != bos):
         ids = [bos] + ids
-    if ck.cfg.positional == "learned" and len(ids) > ck.cfg.n_ctx:
+    if ck.cfg.uses_learned_positions and len(ids) > ck.cfg.n_ctx:
         raise AppError(
             f"The prompt is {len(ids)} tokens but this model has learned positions for only "
             f"n_ctx={ck.cfg.n_ctx}; shorten it by {len(ids) - ck.cfg.n_ctx} tokens."

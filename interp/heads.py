@@ -231,8 +231,9 @@ def head_scores(
     Previous-token, duplicate-token, first-token, entropy and distance are measured on
     `tokens` (with `attention_mask`). Induction is measured on `induction_tokens`: by default
     (None) on `make_induction_tokens(8, seq_len, model.cfg.d_vocab)` with seq_len =
-    min(32, n_ctx // 2) (after the BOS token when the config has one); pass a tensor to
-    choose, or False to measure it on `tokens` instead.
+    min(32, (n_ctx - 1) // 2) (after the BOS token when the config has one; NaN when a model
+    with learned positions has no room for two repeats of 2 tokens); pass a tensor to choose,
+    or False to measure it on `tokens` instead.
     """
     from .cache import cached
 
@@ -247,15 +248,24 @@ def head_scores(
         per_layer["first_token"].append(first_token_score(p, attention_mask))
         per_layer["entropy"].append(attention_entropy(p, attention_mask))
         per_layer["mean_distance"].append(mean_attention_distance(p, attention_mask))
+    ind_pats = None
     if induction_tokens is False:
         ind_tokens, ind_mask, ind_pats = tokens, attention_mask, pats
     else:
         if induction_tokens is None or induction_tokens is True:
-            seq_len = max(2, min(32, (model.cfg.n_ctx - 1) // 2))
-            induction_tokens = make_induction_tokens(8, seq_len, model.cfg.d_vocab, seed=0, bos=model.cfg.bos_token_id)
-        ind_tokens, ind_mask = induction_tokens.to(model.cfg.device), None
-        ind_pats = cached(model, ind_tokens, names="pattern")
+            seq_len = min(32, (model.cfg.n_ctx - 1) // 2)  # room for a BOS token either way
+            if seq_len >= 2 or not model.cfg.uses_learned_positions:  # a repeat of >= 2 tokens fits the context
+                induction_tokens = make_induction_tokens(8, max(2, seq_len), model.cfg.d_vocab, seed=0,
+                                                         bos=model.cfg.bos_token_id)
+            else:
+                induction_tokens = None
+        if induction_tokens is not None:
+            ind_tokens, ind_mask = induction_tokens.to(model.cfg.device), None
+            ind_pats = cached(model, ind_tokens, names="pattern")
     for layer in range(model.cfg.n_layers):
+        if ind_pats is None:  # n_ctx too short for a repeated sequence: the score is undefined
+            per_layer["induction"].append(torch.full((model.cfg.n_heads,), float("nan"), device=tokens.device))
+            continue
         p = ind_pats[f"blocks.{layer}.attn.hook_pattern"]
         per_layer["induction"].append(induction_score(p, ind_tokens, ind_mask))
     stacked = {n: torch.stack(v).cpu() for n, v in per_layer.items()}

@@ -77,7 +77,7 @@ def trunk(
     if max_position is not None and getattr(ctx, "max_position", None) is None:
         ctx.max_position = max_position
     x = model.hook_embed(embeds)
-    if model.cfg.positional == "learned":
+    if model.cfg.uses_learned_positions:  # learned and learned+rope (as HookedTransformer.forward)
         pos = model.pos_embed(ctx.q_pos, max_position=getattr(ctx, "max_position", None))
         x = x + model.hook_pos_embed(pos.expand(shape[0], -1, -1))
     x = model.drop(x)

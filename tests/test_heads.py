@@ -99,3 +99,12 @@ def test_head_scores_on_model_match_direct():
     assert len(rows) == 2 * 4 and rows[5]["name"] == "L1H1" and set(heads.SCORE_NAMES) <= set(rows[0])
     vanilla = heads.head_scores(presets.make("vanilla", "tiny").eval(), tokens)
     assert torch.isnan(vanilla.alibi_slope).all() and not torch.isnan(vanilla.induction).any()
+
+
+def test_head_scores_on_a_context_too_short_for_induction():
+    """n_ctx = 3 with learned positions: no room for a repeated sequence, so induction is NaN
+    (and every other score is still measured) instead of an error."""
+    model = presets.make("vanilla", "tiny", n_ctx=3, d_vocab=20, n_layers=1)
+    scores = heads.head_scores(model, torch.randint(0, 20, (2, 3)))
+    assert torch.isnan(scores.induction).all()
+    assert torch.isfinite(scores.prev_token).all() and torch.isfinite(scores.entropy).all()

@@ -35,6 +35,7 @@ def ragged_batch():
 
 
 CASES = [(preset, pos) for preset in ("vanilla", "factored") for pos in ("learned", "rope", "alibi", "none")]
+CASES.append(("vanilla", "learned+rope"))
 
 
 @pytest.mark.parametrize("preset,positional", CASES, ids=[f"{p}-{q}" for p, q in CASES])

@@ -86,7 +86,7 @@ def prompt_box(ctx: Ctx) -> Prompt:
                       key="reset_prompt")
         raise
     cfg = ck.cfg
-    if cfg.positional != "learned" and len(ids) > cfg.n_ctx:
+    if not cfg.uses_learned_positions and len(ids) > cfg.n_ctx:
         st.warning(f"{len(ids)} tokens is past the n_ctx={cfg.n_ctx} this model was trained on "
                    f"({cfg.positional} positions still run; expect drift).")
     return Prompt(text, tuple(ids), data.labels(ck, ids), data.pieces(ck, ids))

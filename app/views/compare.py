@@ -184,7 +184,7 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
     cut = data.prompt_end(cks[0], ids)
     target = list(ids[cut:])
     stop = data.is_task(cks[0]) and cks[0].cfg.eos_token_id is not None
-    room = min((c.cfg.n_ctx - cut if c.cfg.positional == "learned" else 256) for c in cks)
+    room = min((c.cfg.n_ctx - cut if c.cfg.uses_learned_positions else 256) for c in cks)
     max_new = max(1, min(room, len(target) + 16 if target else 48))
     c1, c2 = st.columns(2)
     layer, head = layer_picker(ctx, container=c1), head_picker(ctx, container=c2)

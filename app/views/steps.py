@@ -28,7 +28,7 @@ def generation_settings(ctx: Ctx, n_prompt_tokens: int) -> tuple[int, bool]:
     """(max new tokens, stop at eos): the URL's, else 128 + stop for task checkpoints and 32
     without stopping for text; never past the context of a learned-position model."""
     cfg = ctx.cfg
-    room = cfg.n_ctx - n_prompt_tokens if cfg.positional == "learned" else 256
+    room = cfg.n_ctx - n_prompt_tokens if cfg.uses_learned_positions else 256
     if room <= 0:
         raise AppError(f"The prompt fills the whole context (n_ctx={cfg.n_ctx}, learned positions): nothing can "
                        "be generated; shorten it or generate after fewer tokens.")
@@ -52,7 +52,7 @@ def render(ctx: Ctx) -> None:
                 help="Tokens after this point are the target the generation is checked against. "
                      "Default: the task's prompt (e.g. up to '='), else the whole prompt.")
     n_new, stop = generation_settings(ctx, cut)
-    room = cfg.n_ctx - cut if cfg.positional == "learned" else 256
+    room = cfg.n_ctx - cut if cfg.uses_learned_positions else 256
     view.widget("number_input", "n", "Max new tokens", value=n_new, min_value=1, max_value=max(1, room), container=c1)
     view.widget("toggle", "eos", "Stop at <eos>", value=stop, container=c2, disabled=cfg.eos_token_id is None,
                 help="Stop at the end-of-sequence token (default for task checkpoints).")
