@@ -264,17 +264,44 @@ def _fast_generate(model, tokens, mask, max_new_tokens, stop, pad, sample, compi
     cache = static_cache(model, B, length, _cache_dtype(model, device))
     prefill, decode = compiled_steps(compile)
     padded = not bool(mask.all())
-
-    out = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
-    alive_out = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=device)
-    all_done = torch.zeros(max_new_tokens, dtype=torch.bool, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    check_stops = stop.numel() > 0
     graphs = compile is not False and device.type == "cuda"
 
     cache.phase = "prefill"
     logits = prefill(model, cache, tokens, mask if padded else None)
     cache.phase = "decode"
+
+    def feed(nxt, alive):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return decode(model, cache, nxt, alive)
+
+    out, alive_out, new_tokens = decode_tokens(logits, feed, max_new_tokens, stop, pad, sample,
+                                               compiled=compile is not False)
+    return torch.cat([tokens, out], dim=1), torch.cat([mask, alive_out], dim=1), new_tokens
+
+
+def decode_tokens(
+    logits: torch.Tensor,
+    feed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    max_new_tokens: int,
+    stop: Int[torch.Tensor, "n_stop"],
+    pad: int,
+    sample: Callable[[torch.Tensor], torch.Tensor],
+    compiled: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """The host side of static-cache decoding, from the (batch, vocab) `logits` of the last
+    fed position: sample, then `feed((batch, 1) ids, (batch, 1) alive)` -> the next logits.
+    Returns (out, alive_out, new_tokens) as the step-by-step loop builds them: rows stop at a
+    token in `stop`, later tokens of a stopped row are `pad` and not alive, and the output ends
+    at the step where the last row stopped (checked on the host every `STOP_CHECK_EVERY`
+    tokens). `compiled`: `feed` runs a compiled step; its guards are skipped from the third
+    token on (the inputs then only change in value)."""
+    B, device = logits.shape[0], logits.device
+    out = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
+    alive_out = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=device)
+    all_done = torch.zeros(max_new_tokens, dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    check_stops = stop.numel() > 0
     alive = ~done
     n_steps = max_new_tokens
     with contextlib.ExitStack() as stance:
@@ -292,20 +319,16 @@ def _fast_generate(model, tokens, mask, max_new_tokens, stop, pad, sample, compi
                     break
             if i + 1 == max_new_tokens:
                 break
-            if i == 2 and compile is not False:
+            if i == 2 and compiled:
                 # The step has been compiled (or matched) under full guards; from here on the
                 # inputs only change in value, so skip re-checking its guards every token.
                 stance.enter_context(_skip_guards())
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = decode(model, cache, nxt[:, None], alive[:, None])
+            logits = feed(nxt[:, None], alive[:, None])
     if check_stops and bool(all_done.any()):
         n_steps = int(all_done.nonzero()[0, 0]) + 1
     out, alive_out = out[:, :n_steps], alive_out[:, :n_steps]
-    tokens = torch.cat([tokens, out], dim=1)
-    mask = torch.cat([mask, alive_out], dim=1)
     new_tokens = [row[keep].tolist() for row, keep in zip(out.cpu(), alive_out.cpu())]
-    return tokens, mask, new_tokens
+    return out, alive_out, new_tokens
 
 
 def _skip_guards():
@@ -326,6 +349,6 @@ def applies(model, max_new_tokens: int, prompt_width: int) -> bool:
 
 
 __all__ = [
-    "StaticKVCache", "StaticLayerKV", "fast_generate", "compiled_steps", "hooks_attached", "applies",
+    "StaticKVCache", "StaticLayerKV", "fast_generate", "decode_tokens", "compiled_steps", "hooks_attached", "applies",
     "cache_length", "static_cache", "release",
 ]

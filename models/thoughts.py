@@ -70,10 +70,7 @@ def trunk(
     append its keys to the cache twice). `max_position`: a host-known bound on the positions
     (learned positions then check it instead of reading the largest position off the device)."""
     shape, device = embeds.shape[:2], embeds.device
-    if isinstance(past_kv_cache, StaticKVCache):
-        ctx = past_kv_cache.context(model, shape, device, attention_mask)
-    else:
-        ctx = model._context(shape, device, attention_mask, None, past_kv_cache)
+    ctx = model.attn_context(shape, device, attention_mask, None, past_kv_cache)
     if max_position is not None and getattr(ctx, "max_position", None) is None:
         ctx.max_position = max_position
     x = model.hook_embed(embeds)
@@ -493,9 +490,8 @@ class LatentReasoner(HookedRootModule):
                          ) -> LatentGeneration:
         """`generate` on a static KV cache: the prompt is one prefill; then every thought, the
         `<eot>` and every token is one call of `_latent_step` (one column), so a compiled step
-        is one CUDA-graph replay. As `models.decoding.fast_generate`, the host looks at the
-        stop condition every `STOP_CHECK_EVERY` tokens and trims the output to what the
-        pass-by-pass loop returns."""
+        is one CUDA-graph replay. The tokens are decoded by `models.decoding.decode_tokens`
+        (as in `fast_generate`): the output is trimmed to what the pass-by-pass loop returns."""
         model = self.model
         B, T = tokens.shape
         device = tokens.device
@@ -526,29 +522,9 @@ class LatentReasoner(HookedRootModule):
             resid, logits = feed(model.embed(torch.full((B, 1), tail[0], dtype=torch.long, device=device)), ones)
         tokens = torch.cat([tokens, torch.tensor([tail] * B, dtype=torch.long, device=device).view(B, -1)], dim=1)
         mask = torch.cat([mask, torch.ones(B, len(tail), dtype=torch.bool, device=device)], dim=1)
-
-        out = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
-        alive_out = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=device)
-        all_done = torch.zeros(max_new_tokens, dtype=torch.bool, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        n_steps = max_new_tokens
-        for i in range(max_new_tokens):
-            nxt = sample_logits(logits, **sampling).masked_fill(done, pad)
-            alive = ~done
-            out[:, i] = nxt
-            alive_out[:, i] = alive
-            if stop.numel():
-                done = done | torch.isin(nxt, stop)
-                all_done[i] = done.all()
-                if (i + 1) % decoding.STOP_CHECK_EVERY == 0 and bool(all_done[i]):
-                    break
-            if i + 1 == max_new_tokens:
-                break
-            resid, logits = feed(model.embed(nxt[:, None]), alive[:, None])
-        if stop.numel() and bool(all_done.any()):
-            n_steps = int(all_done.nonzero()[0, 0]) + 1
-        out, alive_out = out[:, :n_steps], alive_out[:, :n_steps]
-        new_tokens = [row[keep].tolist() for row, keep in zip(out.cpu(), alive_out.cpu())]
+        out, alive_out, new_tokens = decoding.decode_tokens(
+            logits, lambda nxt, alive: feed(model.embed(nxt), alive)[1], max_new_tokens, stop, pad,
+            lambda lg: sample_logits(lg, **sampling), compiled=compile is not False)
         d = model.cfg.d_model
         stacked = torch.cat(thoughts, dim=1) if thoughts else torch.zeros(B, 0, d, device=device)
         self.thoughts = stacked

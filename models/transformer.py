@@ -188,12 +188,7 @@ class HookedTransformer(HookedRootModule):
             attention_mask = attention_mask.to(device).bool()
             if attention_mask.shape != shape:
                 raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input {tuple(shape)}")
-        if past_kv_cache is None or isinstance(past_kv_cache, KVCache):
-            ctx = self._context(shape, device, attention_mask, position_ids, past_kv_cache)
-        else:  # a cache that keeps its own positions (models.decoding.StaticKVCache)
-            if position_ids is not None:
-                raise ValueError(f"{type(past_kv_cache).__name__} computes positions itself; pass no position_ids")
-            ctx = past_kv_cache.context(self, shape, device, attention_mask)
+        ctx = self.attn_context(shape, device, attention_mask, position_ids, past_kv_cache)
 
         x = self.hook_embed(embeds)
         if self.cfg.uses_learned_positions:
@@ -268,6 +263,15 @@ class HookedTransformer(HookedRootModule):
         if per_token:
             return flat
         return flat.sum() / (targets != -100).sum().clamp(min=1)
+
+    def attn_context(self, shape, device, attention_mask, position_ids, cache) -> AttnContext:
+        """The `AttnContext` of a forward over `shape` on top of `cache` (a `KVCache`, a cache
+        that keeps its own positions such as `models.decoding.StaticKVCache`, or None)."""
+        if cache is None or isinstance(cache, KVCache):
+            return self._context(shape, device, attention_mask, position_ids, cache)
+        if position_ids is not None:
+            raise ValueError(f"{type(cache).__name__} computes positions itself; pass no position_ids")
+        return cache.context(self, shape, device, attention_mask)
 
     def _context(self, shape, device, attention_mask, position_ids, cache: Optional[KVCache]) -> AttnContext:
         B, T = shape
