@@ -107,14 +107,15 @@ class AnchorGPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
-    def configure_optimizer(self, lr: float = 6e-4, weight_decay: float = 0.1, fused: bool = True):
-        """AdamW, decaying only 2-D weights (matrices and embeddings), fused on CUDA."""
+    def configure_optimizer(self, lr: float = 6e-4, weight_decay: float = 0.1, fused: bool = True, **extra):
+        """AdamW, decaying only 2-D weights (matrices and embeddings), fused on CUDA; `extra`
+        goes to `torch.optim.AdamW` (e.g. capturable=True for a CUDA graph)."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused)
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused, **extra)
 
     def flops_per_token(self, vocab_size: int | None = None) -> float:
         """Training FLOPs per token, PaLM / nanoGPT accounting: 6N + 12 L d T, with N the

@@ -11,10 +11,17 @@ Contenders, in one process, interleaved round by round, each eager and `torch.co
   padded to 50,304, loss from fp32 logits, fused AdamW with decay groups;
 * `reference` (`reference_gpt.py`): a plain GPT-2 with our choices (vocabulary 50,257, the
   autocast loss path);
-* `ours_run_with_cache`: every hook cached (explicit attention), eager.
+* `ours_run_with_cache`: every hook cached (explicit attention), eager;
+* `ours_step`: our trainer's real step (`interp.training.loop.StepRunner`: compiled forward,
+  the whole step -- forward, backward, fused AdamW -- replayed as one CUDA graph; `train.compile`
+  and `train.cuda_graphs` on), and `anchor_graph`: the anchor's compiled step captured whole
+  in a CUDA graph the same way (written here, independently of the trainer), so the graph's
+  saving is credited to both.
 
 `--variants` adds a diagnostic: `ours_unpadded` (our loss-path vocabulary padding off), also
-`_compiled`.
+`_compiled`. `--loss-kernel` times the loss alone on (batch x seq, padded vocabulary) bf16
+logits: our fused kernel (`models.loss.xent_grad`: loss and logit gradient in one pass) against
+the anchor's compiled `F.cross_entropy(logits.float())` forward + backward.
 MFU uses the nanoGPT / PaLM count, 6 N + 12 L d T FLOPs per token with N the parameters
 without the position table at the true vocabulary (the same work for every contender), over
 the GPU's dense bf16 peak. `--profile NAME,...` adds a per-kernel breakdown of a few steps.
@@ -37,12 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchor_gpt import AnchorConfig, AnchorGPT  # noqa: E402
+from models import loss as our_loss  # noqa: E402
 from models import presets  # noqa: E402
-from models import transformer as our_transformer  # noqa: E402
 from reference_gpt import GPT  # noqa: E402
 
 DEFAULT_VARIANTS = (
-    "ours,anchor,reference,ours_compiled,anchor_compiled,reference_compiled,ours_run_with_cache"
+    "ours,anchor,reference,ours_compiled,anchor_compiled,reference_compiled,ours_run_with_cache,"
+    "ours_step,anchor_graph"
 )
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0, "L4": 121.0}
 
@@ -80,13 +88,13 @@ def fresh(fn, tag: str):
 @contextlib.contextmanager
 def settings(unembed_align=None):
     """Model-level knobs for one variant (read at trace time; guarded by torch.compile)."""
-    saved = our_transformer.UNEMBED_ALIGN
+    saved = our_loss.VOCAB_ALIGN
     if unembed_align is not None:
-        our_transformer.UNEMBED_ALIGN = unembed_align
+        our_loss.VOCAB_ALIGN = unembed_align
     try:
         yield
     finally:
-        our_transformer.UNEMBED_ALIGN = saved
+        our_loss.VOCAB_ALIGN = saved
 
 
 class Variant:
@@ -102,6 +110,61 @@ class Variant:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss
+
+
+class TrainerStep:
+    """`ours_step`: the trainer's `StepRunner` (compiled forward, whole step as a CUDA graph)."""
+
+    def __init__(self, name, model, device, dtype):
+        from interp.training.loop import StepRunner
+
+        self.name, self.model = name, model
+        graphs = device.type == "cuda"
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=graphs, **({"capturable": True} if graphs else {}))
+        amp = dtype if dtype != torch.float32 else None
+        self.runner = StepRunner(model, torch.compile(model), opt, 0.0, device, amp, graphs)  # as Trainer.make_forward
+
+    def step(self, tokens, targets, device, dtype):
+        return self.runner([(tokens, tokens)], 1e-4)[0]  # labels = tokens: shifted inside
+
+
+class GraphedStep:
+    """`anchor_graph`: a compiled loss, its backward and the optimizer step captured as one CUDA
+    graph (PyTorch's whole-network capture recipe: warm up on a side stream, capture, replay)."""
+
+    def __init__(self, name, loss, opt):
+        self.name, self.loss, self.opt = name, torch.compile(fresh(loss, name)), opt
+        self.graph = None
+
+    def _once(self, tokens, targets, dtype):
+        with autocast(tokens.device, dtype):
+            loss = self.loss(tokens, targets)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def step(self, tokens, targets, device, dtype):
+        if device.type != "cuda":
+            out = self._once(tokens, targets, dtype)
+            self.opt.zero_grad(set_to_none=True)
+            return out
+        if self.graph is None:
+            self.static = (tokens.clone(), targets.clone())
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.opt.zero_grad(set_to_none=True)
+                    self._once(*self.static, dtype)
+            torch.cuda.current_stream().wait_stream(side)
+            self.opt.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._once(*self.static, dtype)
+        self.static[0].copy_(tokens)
+        self.static[1].copy_(targets)
+        self.graph.replay()
+        return self.out
 
 
 def build_variants(names, args, device, size):
@@ -132,6 +195,17 @@ def build_variants(names, args, device, size):
     for name in names:
         base, compiled = name.removesuffix("_compiled"), name.endswith("_compiled")
         knobs = {}
+        if name == "ours_step":
+            variants.append(TrainerStep(name, ours(), device, torch.bfloat16 if fused else torch.float32))
+            continue
+        if name == "anchor_graph":
+            model = anchor(name)
+
+            def loss(tok, tgt, model=model):
+                return model(tok, tgt.masked_fill(tgt == -100, -1))
+            graphs = {"capturable": True} if fused else {}
+            variants.append(GraphedStep(name, loss, model.configure_optimizer(lr=1e-4, fused=fused, **graphs)))
+            continue
         if base in ("ours", "ours_unpadded", "ours_run_with_cache"):
             model = ours()
             if base == "ours_run_with_cache":
@@ -192,6 +266,8 @@ def profile_variant(v: Variant, tokens, targets, device, dtype, steps=3, top=30)
 
     def kind(name: str) -> str:
         n = name.lower()
+        if any(s in n for s in ("xent", "log_softmax", "nll_loss")):
+            return "loss (softmax cross-entropy, forward + backward)"
         if any(s in n for s in ("flash", "fmha", "cudnn", "attention", "sdpa")):
             return "attention"
         if any(s in n for s in ("gemm", "cutlass", "nvjet", "xmma", "sm90", "sm80", "matmul", "splitk")):
@@ -261,6 +337,8 @@ def throughput(args, device, dtype, result) -> dict:
             "ours_vs_reference_compiled": ratio("ours_compiled", "reference_compiled"),
             "run_with_cache_vs_ours_eager": ratio("ours_run_with_cache", "ours"),
             "ours_unpadded_vs_ours_compiled": ratio("ours_unpadded_compiled", "ours_compiled"),
+            "ours_step_vs_anchor_graph": ratio("ours_step", "anchor_graph"),
+            "ours_step_vs_anchor_compiled": ratio("ours_step", "anchor_compiled"),
         }.items() if r is not None
     }
     out["spread"] = {k: round((max(t) - min(t)) / statistics.median(t), 4) for k, t in times.items()}
@@ -271,6 +349,66 @@ def throughput(args, device, dtype, result) -> dict:
                              for v in live if v.name in args.profile.split(",")}
     if "ours" in models:
         result["padded_loss_check"] = padded_loss_check(models["ours"], tokens, device, dtype)
+    return out
+
+
+def loss_kernel(args, device, dtype) -> dict:
+    """The loss alone on (batch x seq, padded vocabulary) logits: our fused kernel (loss and
+    logit gradient in one pass) vs the anchor's compiled `F.cross_entropy(logits.float())`
+    forward + backward (which reads the logits twice and writes their gradient once)."""
+    import torch.nn.functional as F
+
+    n, vocab = args.batch * args.seq, args.vocab
+    width = vocab + (-vocab % our_loss.VOCAB_ALIGN)
+    g = torch.Generator(device=device).manual_seed(0)
+    logits = (torch.randn(n, width, device=device, generator=g) * 2).to(dtype)
+    targets = torch.randint(0, vocab, (n,), device=device, generator=g)
+
+    def ours():
+        return torch.ops.models.xent_grad(logits, targets, vocab)
+
+    @torch.compile
+    def anchor_loss(x):
+        return F.cross_entropy(x.float(), targets, ignore_index=-1)
+
+    def anchor():
+        x = logits.detach().requires_grad_()
+        anchor_loss(x).backward()
+        return x.grad
+
+    def ms(fn):
+        for _ in range(3):
+            fn()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        sync(device)
+        return round((time.perf_counter() - t0) / args.steps * 1000, 3)
+
+    out = {"shape": [n, width], "dtype": str(dtype), "kernel_config": dict(our_loss.KERNEL_CONFIG)}
+    out["ours_fused_ms"], out["anchor_compiled_fwd_bwd_ms"] = ms(ours), ms(anchor)
+    if device.type == "cuda" and args.loss_kernel_sweep:  # launch shapes of our kernel
+        default, sweep = dict(our_loss.KERNEL_CONFIG), {}
+        for block in (2048, 4096, 8192):
+            for warps in (4, 8, 16):
+                for per_sm in (0, 2, 4):
+                    for lane_max in (True, False):
+                        config = dict(block=block, num_warps=warps, programs_per_sm=per_sm, lane_max=lane_max)
+                        our_loss.KERNEL_CONFIG.update(config)
+                        sweep[json.dumps(config)] = ms(ours)
+        out["sweep_ms"] = dict(sorted(sweep.items(), key=lambda kv: kv[1]))
+        our_loss.KERNEL_CONFIG.update(json.loads(min(sweep, key=sweep.get)))
+        out["kept_for_the_run"] = dict(our_loss.KERNEL_CONFIG)  # the training steps below use it
+        out["ours_fused_ms_best"] = ms(ours)
+        out["default_config"] = default
+    loss, grad = ours()
+    ref_x = logits[:64].detach().float().requires_grad_()
+    ref = F.cross_entropy(ref_x[:, :vocab], targets[:64], reduction="none")
+    ref.sum().backward()
+    out["max_abs_loss_diff"] = float((loss[:64] - ref.detach()).abs().max())
+    out["max_abs_grad_diff"] = float((grad[:64].float() - ref_x.grad).abs().max())
+    out["ratio"] = out["anchor_compiled_fwd_bwd_ms"] / out["ours_fused_ms"]
     return out
 
 
@@ -332,6 +470,10 @@ def main(argv=None) -> dict:
     p.add_argument("--deadline-s", type=float, default=None, help="skip variants not warmed up by then")
     p.add_argument("--long-seqs", type=int, nargs="*", default=[4096, 16384])
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                   help="set torch._inductor.config KEY (Python literal) for every compiled variant")
+    p.add_argument("--loss-kernel", action="store_true", help="also time the loss kernel alone (see the docstring)")
+    p.add_argument("--loss-kernel-sweep", action="store_true", help="with --loss-kernel: try launch shapes (CUDA)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     args.t0 = time.perf_counter()
@@ -353,6 +495,16 @@ def main(argv=None) -> dict:
         "shape": {"batch": args.batch, "seq": args.seq, "vocab": args.vocab,
                   "preset": "vanilla-" + ("tiny" if args.small else "large")},
     }
+    for item in args.inductor:
+        import ast
+
+        import torch._inductor.config as inductor_config
+
+        key, _, value = item.partition("=")
+        inductor_config.__setattr__(key, ast.literal_eval(value))
+    result["inductor"] = args.inductor
+    if args.loss_kernel:
+        result["loss_kernel"] = loss_kernel(args, device, dtype)
     throughput(args, device, dtype, result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

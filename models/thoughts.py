@@ -311,16 +311,15 @@ class LatentReasoner(HookedRootModule):
             plan = plan_latents(tokens, self.latent_token_id, attention_mask)
         resid = self._run_passes(tokens, attention_mask, plan)
         resid = _unalign(resid, plan, T)
+        if labels is None:
+            labels = tokens.masked_fill(tokens == self.latent_token_id, -100)
         if return_type == "loss":
-            logits = model._unembed_for_loss(model.ln_final(resid))
-        else:
-            logits = model.unembed_resid(model.ln_final(resid))
+            return model.loss_from_resid(resid, labels, attention_mask, loss_per_token)
+        logits = model.unembed_resid(model.ln_final(resid))
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
-        if labels is None:
-            labels = tokens.masked_fill(tokens == self.latent_token_id, -100)
         loss = model.loss_fn(logits, labels, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else Output(logits, loss)
 

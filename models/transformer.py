@@ -25,15 +25,11 @@ from .attention import AttnContext, LayerKV
 from .block import Block
 from .config import ModelConfig
 from .hooks import HookPoint
+from .loss import unembed_cross_entropy
 from .norm import make_norm
 from .positions import LearnedPositions, positions_from_mask
 
 TokensLike = Union[str, Sequence[str], torch.Tensor]
-
-# The loss path pads a vocabulary of at least UNEMBED_PAD_MIN tokens to a multiple of
-# UNEMBED_ALIGN (see `HookedTransformer._unembed_for_loss`; 1 turns it off).
-UNEMBED_ALIGN = 64
-UNEMBED_PAD_MIN = 4096
 
 
 class Output(NamedTuple):
@@ -206,11 +202,9 @@ class HookedTransformer(HookedRootModule):
         resid = stream[0] if stream[1] is None else stream[0] + stream[1]
         if last_position_only:
             resid = resid[:, -1:]
-        if return_type == "loss":
-            logits = self._unembed_for_loss(self.ln_final(resid))
-        else:
-            logits = self.unembed_resid(self.ln_final(resid))
-
+        if return_type == "loss":  # nobody sees the logits: the fused loss path
+            return self.loss_from_resid(resid, tokens if labels is None else labels, attention_mask, loss_per_token)
+        logits = self.unembed_resid(self.ln_final(resid))
         if return_type == "logits":
             return logits
         if return_type is None:
@@ -222,24 +216,21 @@ class HookedTransformer(HookedRootModule):
         logits = F.linear(x, self.embed.weight) if self.unembed is None else self.unembed(x)
         return logits if self.b_U is None else logits + self.b_U
 
-    def _unembed_for_loss(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
-        """`unembed_resid` for a loss nobody sees the logits of. A large vocabulary is padded
-        to a multiple of `UNEMBED_ALIGN` (50,257 -> 50,304 for GPT-2) without changing the
-        parameters: the unembedding gets zero rows, and the padded logits get a -inf bias (added
-        in the matmul's epilogue), so softmax gives them probability 0 and no gradient. The loss
-        is exactly the unpadded one, while the largest matmul of a training step and the loss
-        reductions over its rows run on aligned, contiguous rows (as nanoGPT's padded
-        vocabulary does, without nanoGPT's extra tokens)."""
-        W = self.embed.weight if self.unembed is None else self.unembed.weight
-        vocab = W.shape[0]
-        pad = -vocab % UNEMBED_ALIGN
-        if pad == 0 or vocab < UNEMBED_PAD_MIN:
-            return self.unembed_resid(x)
-        bias = torch.zeros(vocab + pad, device=W.device, dtype=W.dtype)
-        bias[vocab:] = float("-inf")
-        if self.b_U is not None:
-            bias = bias + F.pad(self.b_U, (0, pad))
-        return F.linear(x, F.pad(W, (0, 0, 0, pad)), bias)
+    def loss_from_resid(
+        self,
+        resid: Float[torch.Tensor, "batch pos d_model"],
+        labels: Int[torch.Tensor, "batch pos"],
+        attention_mask: Optional[torch.Tensor] = None,
+        per_token: bool = False,
+    ) -> torch.Tensor:
+        """`loss_fn(unembed_resid(ln_final(resid)), ...)` without handing out the logits, through
+        `models.loss.unembed_cross_entropy` (loss and logit gradient in one pass; the vocabulary
+        padded to an aligned width for the matmul). Same loss and gradients, less time."""
+        targets = self.next_token_targets(labels.to(resid.device), attention_mask)
+        W_U = self.embed.weight if self.unembed is None else self.unembed.weight
+        x = self.ln_final(resid)
+        flat = unembed_cross_entropy(x.reshape(-1, x.shape[-1]), W_U, self.b_U, targets.reshape(-1))
+        return self._reduce_loss(flat.view_as(targets), targets, per_token)
 
     @staticmethod
     def loss_fn(
@@ -249,20 +240,33 @@ class HookedTransformer(HookedRootModule):
         per_token: bool = False,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]."""
-        labels = labels.to(logits.device)
+        targets = HookedTransformer.next_token_targets(labels.to(logits.device), attention_mask)
+        flat = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        )
+        return HookedTransformer._reduce_loss(flat.view_as(targets), targets, per_token)
+
+    @staticmethod
+    def next_token_targets(
+        labels: Int[torch.Tensor, "batch pos"], attention_mask: Optional[torch.Tensor] = None
+    ) -> Int[torch.Tensor, "batch pos"]:
+        """What each position predicts: labels[:, t + 1], -100 (ignored) at the last position
+        and wherever the mask is False (a padded target, or a padded position predicting)."""
         if attention_mask is not None:
-            labels = labels.masked_fill(~attention_mask.bool(), -100)
+            mask = attention_mask.to(labels.device).bool()
+            labels = labels.masked_fill(~mask, -100)
         # Shift the targets, not the (batch, pos, vocab) logits: no copy of the largest tensor.
         targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
         if attention_mask is not None:
             # a padded position predicts nothing (left padding: the first real token has no real predecessor)
-            targets = targets.masked_fill(~attention_mask.to(targets.device).bool(), -100)
-        flat = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
-        ).view_as(targets)[:, :-1]
+            targets = targets.masked_fill(~mask, -100)
+        return targets
+
+    @staticmethod
+    def _reduce_loss(per_position: torch.Tensor, targets: torch.Tensor, per_token: bool) -> torch.Tensor:
         if per_token:
-            return flat
-        return flat.sum() / (targets != -100).sum().clamp(min=1)
+            return per_position[:, :-1]
+        return per_position.sum() / (targets != -100).sum().clamp(min=1)
 
     def attn_context(self, shape, device, attention_mask, position_ids, cache) -> AttnContext:
         """The `AttnContext` of a forward over `shape` on top of `cache` (a `KVCache`, a cache

@@ -150,7 +150,9 @@ def test_resume_across_stages_is_exact(tmp_path, stop_at):
 def test_tiny_coconut_model_beats_chance_on_a_tiny_graph_task(tmp_path):
     """Seconds on CPU: 1-hop graphs (the root's only child is one of two candidates), one stage
     of CoT, then one continuous thought; chance is 50%."""
-    cfg = tiny_graph_config(tmp_path, "learn", steps=600, lr=1e-2, warmup=10, eval_every=600, eval_generate=64,
+    # lr 3e-3: at 1e-2 the outcome swung between chance and 100% with the seed (and with the
+    # rounding of an equivalent loss kernel); at 3e-3 four seeds gave 92-100%.
+    cfg = tiny_graph_config(tmp_path, "learn", steps=600, lr=3e-3, warmup=10, eval_every=600, eval_generate=64,
                             batch_size=64, log_every=50,
                             coconut={"mode": "coconut", "epochs_per_stage": 0.5, "max_latent_stage": 1})
     cfg["model"].update(n_layers=2, d_model=64, n_heads=4)
