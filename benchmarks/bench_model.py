@@ -21,7 +21,8 @@ Contenders, in one process, interleaved round by round, each eager and `torch.co
 `--variants` adds a diagnostic: `ours_unpadded` (our loss-path vocabulary padding off), also
 `_compiled`. `--loss-kernel` times the loss alone on (batch x seq, padded vocabulary) bf16
 logits: our fused kernel (`models.loss.xent_grad`: loss and logit gradient in one pass) against
-the anchor's compiled `F.cross_entropy(logits.float())` forward + backward.
+the anchor's compiled `F.cross_entropy(logits.float())` forward + backward;
+`--loss-kernel-sweep` also tries launch shapes and keeps the fastest for the training steps.
 MFU uses the nanoGPT / PaLM count, 6 N + 12 L d T FLOPs per token with N the parameters
 without the position table at the true vocabulary (the same work for every contender), over
 the GPU's dense bf16 peak. `--profile NAME,...` adds a per-kernel breakdown of a few steps.
@@ -392,11 +393,9 @@ def loss_kernel(args, device, dtype) -> dict:
         default, sweep = dict(our_loss.KERNEL_CONFIG), {}
         for block in (2048, 4096, 8192):
             for warps in (4, 8, 16):
-                for per_sm in (0, 2, 4):
-                    for lane_max in (True, False):
-                        config = dict(block=block, num_warps=warps, programs_per_sm=per_sm, lane_max=lane_max)
-                        our_loss.KERNEL_CONFIG.update(config)
-                        sweep[json.dumps(config)] = ms(ours)
+                config = dict(block=block, num_warps=warps)
+                our_loss.KERNEL_CONFIG.update(config)
+                sweep[json.dumps(config)] = ms(ours)
         out["sweep_ms"] = dict(sorted(sweep.items(), key=lambda kv: kv[1]))
         our_loss.KERNEL_CONFIG.update(json.loads(min(sweep, key=sweep.get)))
         out["kept_for_the_run"] = dict(our_loss.KERNEL_CONFIG)  # the training steps below use it

@@ -115,54 +115,45 @@ def _xent_grad_reference(logits, targets, vocab):
     return loss, F.pad(grad, (0, logits.shape[1] - vocab)).to(logits.dtype)
 
 
-# Launch shape of the CUDA kernel: columns per chunk, warps per program, programs per SM (a
-# persistent grid: fewer rows in flight, so more of each row is still in L2 for the second
-# read; 0 = one program per row), and the log-sum-exp's running max per lane or per row.
-# `benchmarks/bench_model.py --loss-kernel --loss-kernel-sweep` measures the choices.
-KERNEL_CONFIG = dict(block=4096, num_warps=8, programs_per_sm=0, lane_max=True)
+# Launch shape of the CUDA kernel (one program per row): columns per chunk, warps per program.
+# `benchmarks/bench_model.py --loss-kernel --loss-kernel-sweep` measures the choices; on an
+# H100 at 16,384 x 50,304 they span 1.75-1.9 ms (persistent grids and a per-row running max,
+# also tried, were no faster: the notes in benchmarks/NOTES_model_speed.md).
+KERNEL_CONFIG = dict(block=4096, num_warps=8)
 
 if triton is not None:
 
     @triton.jit
-    def _xent_grad_kernel(logits_ptr, grad_ptr, targets_ptr, loss_ptr, n_rows, row_stride, vocab, n_cols,
-                          IGNORE: tl.constexpr, BLOCK: tl.constexpr, LANE_MAX: tl.constexpr):
-        # Per row: an online log-sum-exp, then a second read that writes softmax - onehot.
+    def _xent_grad_kernel(logits_ptr, grad_ptr, targets_ptr, loss_ptr, row_stride, vocab, n_cols,
+                          IGNORE: tl.constexpr, BLOCK: tl.constexpr):
+        # One program per row: an online log-sum-exp, then a second read that writes
+        # softmax - onehot (zero for an ignored target and for the padded columns).
+        row = tl.program_id(0).to(tl.int64)
+        src = logits_ptr + row * row_stride
+        dst = grad_ptr + row * row_stride
         offs = tl.arange(0, BLOCK)
-        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
-            src = logits_ptr + row.to(tl.int64) * row_stride
-            dst = grad_ptr + row.to(tl.int64) * row_stride
-            if LANE_MAX:  # running max and sum per lane: no reduction in the loop, two exps
-                run_max = tl.full([BLOCK], -1e30, tl.float32)  # finite: masked lanes give exp(-inf) = 0
-                run_sum = tl.zeros([BLOCK], tl.float32)
-                for start in range(0, vocab, BLOCK):
-                    cols = start + offs
-                    v = tl.load(src + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
-                    new_max = tl.maximum(run_max, v)
-                    run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(v - new_max)
-                    run_max = new_max
-                row_max = tl.max(run_max, axis=0)
-                row_sum = tl.sum(run_sum * tl.exp(run_max - row_max), axis=0)
-            else:  # one running max per row: two reductions per chunk, one exp per element
-                row_max = -1e30
-                row_sum = 0.0
-                for start in range(0, vocab, BLOCK):
-                    cols = start + offs
-                    v = tl.load(src + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
-                    new_max = tl.maximum(row_max, tl.max(v, axis=0))
-                    row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(v - new_max), axis=0)
-                    row_max = new_max
-            lse = row_max + tl.log(row_sum)
-            target = tl.load(targets_ptr + row)
-            valid = target != IGNORE
-            scale = tl.where(valid, 1.0, 0.0)
-            for start in range(0, n_cols, BLOCK):
-                cols = start + offs
-                v = tl.load(src + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
-                p = tl.exp(v - lse)
-                p = tl.where(cols == target, p - 1.0, p) * scale
-                tl.store(dst + cols, p.to(grad_ptr.dtype.element_ty), mask=cols < n_cols)
-            target_logit = tl.load(src + tl.where(valid, target, 0)).to(tl.float32)
-            tl.store(loss_ptr + row, tl.where(valid, lse - target_logit, 0.0))
+        # running max and sum per lane (no reduction inside the loop), combined at the end
+        run_max = tl.full([BLOCK], -1e30, tl.float32)  # finite: masked lanes give exp(-inf) = 0
+        run_sum = tl.zeros([BLOCK], tl.float32)
+        for start in range(0, vocab, BLOCK):
+            cols = start + offs
+            v = tl.load(src + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+            new_max = tl.maximum(run_max, v)
+            run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(v - new_max)
+            run_max = new_max
+        row_max = tl.max(run_max, axis=0)
+        lse = row_max + tl.log(tl.sum(run_sum * tl.exp(run_max - row_max), axis=0))
+        target = tl.load(targets_ptr + row)
+        valid = target != IGNORE
+        scale = tl.where(valid, 1.0, 0.0)
+        for start in range(0, n_cols, BLOCK):
+            cols = start + offs
+            v = tl.load(src + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+            p = tl.exp(v - lse)
+            p = tl.where(cols == target, p - 1.0, p) * scale
+            tl.store(dst + cols, p.to(grad_ptr.dtype.element_ty), mask=cols < n_cols)
+        target_logit = tl.load(src + tl.where(valid, target, 0)).to(tl.float32)
+        tl.store(loss_ptr + row, tl.where(valid, lse - target_logit, 0.0))
 
     @xent_grad.register_kernel("cuda")
     def _xent_grad_cuda(logits, targets, vocab):
@@ -173,11 +164,7 @@ if triton is not None:
         loss = torch.empty(n, device=logits.device, dtype=torch.float32)
         grad = torch.empty_like(logits)
         if n:
-            c = KERNEL_CONFIG
-            per_sm = c["programs_per_sm"]
-            n_sm = torch.cuda.get_device_properties(logits.device).multi_processor_count
-            grid = (min(n, n_sm * per_sm) if per_sm else n,)
-            _xent_grad_kernel[grid](logits, grad, targets.contiguous(), loss, n, n_cols, vocab, n_cols,
-                                    IGNORE=IGNORE_INDEX, BLOCK=c["block"], LANE_MAX=c["lane_max"],
-                                    num_warps=c["num_warps"])
+            _xent_grad_kernel[(n,)](logits, grad, targets.contiguous(), loss, n_cols, vocab, n_cols,
+                                    IGNORE=IGNORE_INDEX, BLOCK=KERNEL_CONFIG["block"],
+                                    num_warps=KERNEL_CONFIG["num_warps"])
         return loss, grad

@@ -16,7 +16,7 @@ from models import presets
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-CONFIGS = [dict(), dict(lane_max=False), dict(programs_per_sm=2, block=2048)]
+CONFIGS = [dict(), dict(block=2048, num_warps=4), dict(block=8192, num_warps=16)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
