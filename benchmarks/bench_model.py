@@ -494,13 +494,14 @@ def main(argv=None) -> dict:
         "shape": {"batch": args.batch, "seq": args.seq, "vocab": args.vocab,
                   "preset": "vanilla-" + ("tiny" if args.small else "large")},
     }
-    for item in args.inductor:
+    if args.inductor:
         import ast
 
         import torch._inductor.config as inductor_config
 
-        key, _, value = item.partition("=")
-        inductor_config.__setattr__(key, ast.literal_eval(value))
+        for item in args.inductor:
+            key, _, value = item.partition("=")
+            setattr(inductor_config, key, ast.literal_eval(value))
     result["inductor"] = args.inductor
     if args.loss_kernel:
         result["loss_kernel"] = loss_kernel(args, device, dtype)

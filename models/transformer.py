@@ -25,7 +25,7 @@ from .attention import AttnContext, LayerKV
 from .block import Block
 from .config import ModelConfig
 from .hooks import HookPoint
-from .loss import unembed_cross_entropy
+from .loss import IGNORE_INDEX, unembed_cross_entropy
 from .norm import make_norm
 from .positions import LearnedPositions, positions_from_mask
 
@@ -242,7 +242,7 @@ class HookedTransformer(HookedRootModule):
         """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]."""
         targets = HookedTransformer.next_token_targets(labels.to(logits.device), attention_mask)
         flat = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
         )
         return HookedTransformer._reduce_loss(flat.view_as(targets), targets, per_token)
 
@@ -254,19 +254,19 @@ class HookedTransformer(HookedRootModule):
         and wherever the mask is False (a padded target, or a padded position predicting)."""
         if attention_mask is not None:
             mask = attention_mask.to(labels.device).bool()
-            labels = labels.masked_fill(~mask, -100)
+            labels = labels.masked_fill(~mask, IGNORE_INDEX)
         # Shift the targets, not the (batch, pos, vocab) logits: no copy of the largest tensor.
-        targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+        targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
         if attention_mask is not None:
             # a padded position predicts nothing (left padding: the first real token has no real predecessor)
-            targets = targets.masked_fill(~mask, -100)
+            targets = targets.masked_fill(~mask, IGNORE_INDEX)
         return targets
 
     @staticmethod
     def _reduce_loss(per_position: torch.Tensor, targets: torch.Tensor, per_token: bool) -> torch.Tensor:
         if per_token:
             return per_position[:, :-1]
-        return per_position.sum() / (targets != -100).sum().clamp(min=1)
+        return per_position.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
     def attn_context(self, shape, device, attention_mask, position_ids, cache) -> AttnContext:
         """The `AttnContext` of a forward over `shape` on top of `cache` (a `KVCache`, a cache
