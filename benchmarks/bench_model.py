@@ -79,6 +79,15 @@ def peak_flops(device, override) -> float | None:
     return None
 
 
+def model_flops_per_token(size: str, vocab: int, seq: int) -> int:
+    """nanoGPT / PaLM count: 6 N + 12 L d T, N = parameters without the position table (tied
+    unembedding counted once) at the true vocabulary -- the same work for every contender."""
+    model = presets.make("vanilla", size, d_vocab=vocab, n_ctx=seq)
+    c = model.cfg
+    n_params = sum(p.numel() for p in model.parameters()) - c.n_ctx * c.d_model
+    return 6 * n_params + 12 * c.n_layers * c.d_model * seq
+
+
 def fresh(fn, tag: str):
     """`fn` with its own code object, so torch.compile keeps a separate cache (and traces
     under that variant's settings) instead of reusing another variant's graph."""
@@ -311,6 +320,7 @@ def throughput(args, device, dtype, result) -> dict:
         t0 = time.perf_counter()
         time_steps(v, tokens, targets, device, dtype, args.warmup)
         out["compile_s"][v.name] = round(time.perf_counter() - t0, 1)
+        print(f"[bench_model] {v.name}: warm after {out['compile_s'][v.name]} s", file=sys.stderr, flush=True)
         live.append(v)
     times: dict[str, list[float]] = {v.name: [] for v in live}
     for _ in range(args.rounds):
@@ -318,9 +328,7 @@ def throughput(args, device, dtype, result) -> dict:
             times[v.name].append(time_steps(v, tokens, targets, device, dtype, args.steps))
     tok_s = {k: B * T * args.steps / statistics.median(t) for k, t in times.items()}
     out["tokens_per_s"] = {k: round(v) for k, v in tok_s.items()}
-    n_params = sum(p.numel() for p in presets.make("vanilla", size, d_vocab=args.vocab, n_ctx=args.seq).parameters())
-    n_params -= c.n_ctx * c.d_model  # without the position table (tied unembedding counted once)
-    flops_per_token = 6 * n_params + 12 * c.n_layers * c.d_model * T
+    flops_per_token = model_flops_per_token(size, args.vocab, T)
     out["flops_per_token"] = flops_per_token
     peak = peak_flops(device, args.peak_tflops)
     if peak:
