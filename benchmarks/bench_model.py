@@ -18,9 +18,8 @@ Contenders, in one process, interleaved round by round, each eager and `torch.co
   in a CUDA graph the same way (written here, independently of the trainer), so the graph's
   saving is credited to both.
 
-`--variants` adds diagnostics: `ours_unpadded` (our loss-path vocabulary padding off) and
-`ours_plain_ln` (`F.layer_norm` instead of `models.layer_norm`'s one-pass backward), also
-`_compiled`. `--ln-kernel` times the LayerNorm alone (`bench_kernels.py`). `--loss-kernel` times the loss alone on (batch x seq, padded vocabulary) bf16
+`--variants` adds a diagnostic: `ours_unpadded` (our loss-path vocabulary padding off), also
+`_compiled`. `--loss-kernel` times the loss alone on (batch x seq, padded vocabulary) bf16
 logits: our fused kernel (`models.loss.xent_grad`: loss and logit gradient in one pass) against
 the anchor's compiled `F.cross_entropy(logits.float())` forward + backward;
 `--loss-kernel-sweep` also tries launch shapes and keeps the fastest for the training steps.
@@ -46,8 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchor_gpt import AnchorConfig, AnchorGPT  # noqa: E402
-from bench_kernels import layer_norm_kernel, loss_kernel  # noqa: E402
-from models import layer_norm as our_layer_norm  # noqa: E402
 from models import loss as our_loss  # noqa: E402
 from models import presets  # noqa: E402
 from reference_gpt import GPT  # noqa: E402
@@ -99,17 +96,15 @@ def fresh(fn, tag: str):
 
 
 @contextlib.contextmanager
-def settings(unembed_align=None, fused_layer_norm=None):
+def settings(unembed_align=None):
     """Model-level knobs for one variant (read at trace time; guarded by torch.compile)."""
-    saved = our_loss.VOCAB_ALIGN, our_layer_norm.FUSED_BACKWARD
+    saved = our_loss.VOCAB_ALIGN
     if unembed_align is not None:
         our_loss.VOCAB_ALIGN = unembed_align
-    if fused_layer_norm is not None:
-        our_layer_norm.FUSED_BACKWARD = fused_layer_norm
     try:
         yield
     finally:
-        our_loss.VOCAB_ALIGN, our_layer_norm.FUSED_BACKWARD = saved
+        our_loss.VOCAB_ALIGN = saved
 
 
 class Variant:
@@ -221,7 +216,7 @@ def build_variants(names, args, device, size):
             graphs = {"capturable": True} if fused else {}
             variants.append(GraphedStep(name, loss, model.configure_optimizer(lr=1e-4, fused=fused, **graphs)))
             continue
-        if base in ("ours", "ours_unpadded", "ours_plain_ln", "ours_run_with_cache"):
+        if base in ("ours", "ours_unpadded", "ours_run_with_cache"):
             model = ours()
             if base == "ours_run_with_cache":
 
@@ -232,7 +227,7 @@ def build_variants(names, args, device, size):
 
                 def loss(tok, tgt, model=model):
                     return model(tok, return_type="loss")
-            knobs = {"ours_unpadded": dict(unembed_align=1), "ours_plain_ln": dict(fused_layer_norm=False)}.get(base, {})
+            knobs = dict(unembed_align=1) if base == "ours_unpadded" else {}
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
         elif base == "anchor":
             model = anchor(base)
@@ -351,7 +346,6 @@ def throughput(args, device, dtype, result) -> dict:
             "ours_vs_reference_compiled": ratio("ours_compiled", "reference_compiled"),
             "run_with_cache_vs_ours_eager": ratio("ours_run_with_cache", "ours"),
             "ours_unpadded_vs_ours_compiled": ratio("ours_unpadded_compiled", "ours_compiled"),
-            "ours_vs_ours_plain_ln_compiled": ratio("ours_compiled", "ours_plain_ln_compiled"),
             "ours_step_vs_anchor_graph": ratio("ours_step", "anchor_graph"),
             "ours_step_vs_anchor_compiled": ratio("ours_step", "anchor_compiled"),
         }.items() if r is not None
@@ -364,6 +358,64 @@ def throughput(args, device, dtype, result) -> dict:
                              for v in live if v.name in args.profile.split(",")}
     if "ours" in models:
         result["padded_loss_check"] = padded_loss_check(models["ours"], tokens, device, dtype)
+    return out
+
+
+def loss_kernel(args, device, dtype) -> dict:
+    """The loss alone on (batch x seq, padded vocabulary) logits: our fused kernel (loss and
+    logit gradient in one pass) vs the anchor's compiled `F.cross_entropy(logits.float())`
+    forward + backward (which reads the logits twice and writes their gradient once)."""
+    import torch.nn.functional as F
+
+    n, vocab = args.batch * args.seq, args.vocab
+    width = vocab + (-vocab % our_loss.VOCAB_ALIGN)
+    g = torch.Generator(device=device).manual_seed(0)
+    logits = (torch.randn(n, width, device=device, generator=g) * 2).to(dtype)
+    targets = torch.randint(0, vocab, (n,), device=device, generator=g)
+
+    def ours():
+        return torch.ops.models.xent_grad(logits, targets, vocab)
+
+    @torch.compile
+    def anchor_loss(x):
+        return F.cross_entropy(x.float(), targets, ignore_index=-1)
+
+    def anchor():
+        x = logits.detach().requires_grad_()
+        anchor_loss(x).backward()
+        return x.grad
+
+    def ms(fn):
+        for _ in range(3):
+            fn()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        sync(device)
+        return round((time.perf_counter() - t0) / args.steps * 1000, 3)
+
+    out = {"shape": [n, width], "dtype": str(dtype), "kernel_config": dict(our_loss.KERNEL_CONFIG)}
+    out["ours_fused_ms"], out["anchor_compiled_fwd_bwd_ms"] = ms(ours), ms(anchor)
+    if device.type == "cuda" and args.loss_kernel_sweep:  # launch shapes of our kernel
+        default, sweep = dict(our_loss.KERNEL_CONFIG), {}
+        for block in (2048, 4096, 8192):
+            for warps in (4, 8, 16):
+                config = dict(block=block, num_warps=warps)
+                our_loss.KERNEL_CONFIG.update(config)
+                sweep[json.dumps(config)] = ms(ours)
+        out["sweep_ms"] = dict(sorted(sweep.items(), key=lambda kv: kv[1]))
+        our_loss.KERNEL_CONFIG.update(json.loads(min(sweep, key=sweep.get)))
+        out["kept_for_the_run"] = dict(our_loss.KERNEL_CONFIG)  # the training steps below use it
+        out["ours_fused_ms_best"] = ms(ours)
+        out["default_config"] = default
+    loss, grad = ours()
+    ref_x = logits[:64].detach().float().requires_grad_()
+    ref = F.cross_entropy(ref_x[:, :vocab], targets[:64], reduction="none")
+    ref.sum().backward()
+    out["max_abs_loss_diff"] = float((loss[:64] - ref.detach()).abs().max())
+    out["max_abs_grad_diff"] = float((grad[:64].float() - ref_x.grad).abs().max())
+    out["ratio"] = out["anchor_compiled_fwd_bwd_ms"] / out["ours_fused_ms"]
     return out
 
 
@@ -429,8 +481,6 @@ def main(argv=None) -> dict:
                    help="set torch._inductor.config KEY (Python literal) for every compiled variant")
     p.add_argument("--loss-kernel", action="store_true", help="also time the loss kernel alone (see the docstring)")
     p.add_argument("--loss-kernel-sweep", action="store_true", help="with --loss-kernel: try launch shapes (CUDA)")
-    p.add_argument("--ln-kernel", action="store_true", help="also time the LayerNorm backward alone (bench_kernels.py)")
-    p.add_argument("--ln-kernel-sweep", action="store_true", help="with --ln-kernel: try launch shapes (CUDA)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     args.t0 = time.perf_counter()
@@ -463,9 +513,6 @@ def main(argv=None) -> dict:
     result["inductor"] = args.inductor
     if args.loss_kernel:
         result["loss_kernel"] = loss_kernel(args, device, dtype)
-    if args.ln_kernel:
-        d_model = presets.config("vanilla", "tiny" if args.small else "large").d_model
-        result["ln_kernel"] = layer_norm_kernel(args, device, dtype, d_model)
     throughput(args, device, dtype, result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

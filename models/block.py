@@ -33,11 +33,10 @@ class Block(nn.Module):
         self.cfg = cfg
         self.layer = layer
         self.factored = cfg.stream == "factored"
-        # ln1 / ln2 feed only projections, except shaped attention's identity values (elementwise)
-        self.ln1 = make_norm(cfg, matmul_input=cfg.block != "shaped")
+        self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg, layer)
         has_mlp = not cfg.attn_only
-        self.ln2 = make_norm(cfg, matmul_input=True) if has_mlp and cfg.block == "sequential" else None
+        self.ln2 = make_norm(cfg) if has_mlp and cfg.block == "sequential" else None
         self.mlp = MLP(cfg) if has_mlp else None
         self.drop = nn.Dropout(cfg.dropout)
 
