@@ -461,15 +461,21 @@ def peak_memory(args, device, dtype) -> dict:
     return rows
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_timing_parser(doc: str, steps: int, rounds: int, warmup: int) -> argparse.ArgumentParser:
+    """The arguments every training-step benchmark shares: shape and timing."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny model and shapes (CPU smoke test)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=50257)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=steps, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--warmup", type=int, default=warmup)
+    return p
+
+
+def main(argv=None) -> dict:
+    p = step_timing_parser(__doc__, steps=10, rounds=5, warmup=3)
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated contenders (see the docstring)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="drop the *_compiled variants")
     p.add_argument("--profile", default="", help="comma-separated variants to profile per kernel (CUDA)")

@@ -23,7 +23,6 @@ MFU as in `bench_model.py`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -36,7 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchor_gpt import AnchorConfig, AnchorGPT  # noqa: E402
-from bench_model import GraphedStep, model_flops_per_token, peak_flops, sync, time_steps  # noqa: E402
+from bench_model import (  # noqa: E402
+    GraphedStep,
+    model_flops_per_token,
+    peak_flops,
+    step_timing_parser,
+    sync,
+    time_steps,
+)
 from models import presets  # noqa: E402
 
 RECIPES = ("amp", "pure", "pure_master")
@@ -122,14 +128,7 @@ def sdpa_backends(args, device) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="tiny model and shapes (CPU smoke test)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--vocab", type=int, default=50257)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=2)
+    p = step_timing_parser(__doc__, steps=5, rounds=3, warmup=2)
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {RECIPES}")
     p.add_argument("--sdpa-backends", action="store_true", help="also time each SDPA backend (CUDA)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
