@@ -23,7 +23,6 @@ MFU as in `bench_model.py`.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchor_gpt import AnchorConfig, AnchorGPT  # noqa: E402
 from bench_model import (  # noqa: E402
     GraphedStep,
+    emit,
     model_flops_per_token,
     peak_flops,
     step_timing_parser,
@@ -174,11 +174,7 @@ def main(argv=None) -> dict:
         if peak:
             rows[step.name]["mfu"] = round(tokens_per_step / sec * flops / peak, 4)
     result["steps"] = rows
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":
