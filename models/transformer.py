@@ -135,6 +135,7 @@ class HookedTransformer(HookedRootModule):
         loss_per_token: bool = False,
         prepend_bos: Optional[bool] = None,
         last_position_only: bool = False,
+        stop_at_layer: Optional[int] = None,
     ):
         """Run the model.
 
@@ -157,8 +158,15 @@ class HookedTransformer(HookedRootModule):
             loss_per_token: return the unreduced (batch, pos - 1) loss.
             last_position_only: unembed only the last position: logits (batch, 1, d_vocab).
                 For inference (with left padding the last position is every row's newest token).
+            stop_at_layer: as in TransformerLens: run only blocks [0, stop_at_layer) (negative
+                counts from the end; 0 runs the embeddings alone) and return the residual stream
+                (batch, pos, d_model) they leave (xt + xe on factored models). Hooks of the
+                blocks that ran fire; nothing after them is computed.
         """
         input, return_type = forward_arguments(input, input_ids, return_type, labels)
+        n_blocks = self._stop_layer(stop_at_layer)
+        if n_blocks is not None and (return_type in ("loss", "both") or last_position_only):
+            raise ValueError("stop_at_layer returns the residual stream; it gives no loss or last-position logits")
         if (input is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of tokens (input / input_ids=) and inputs_embeds=")
         if inputs_embeds is not None:
@@ -193,13 +201,15 @@ class HookedTransformer(HookedRootModule):
             x = x + self.hook_pos_embed(pos.expand(shape[0], -1, -1))
         x = self.drop(x)
         stream = (x, torch.zeros_like(x)) if self.cfg.stream == "factored" else (x, None)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[:n_blocks]):
             kv = past_kv_cache.layers[i] if past_kv_cache is not None else None
             if self.cfg.checkpointed(i) and self.training and torch.is_grad_enabled():
                 stream = checkpoint(block, stream, ctx, kv, use_reentrant=False)
             else:
                 stream = block(stream, ctx, kv)
         resid = stream[0] if stream[1] is None else stream[0] + stream[1]
+        if n_blocks is not None:
+            return resid
         if last_position_only:
             resid = resid[:, -1:]
         if return_type == "loss":  # nobody sees the logits: the fused loss path
@@ -211,6 +221,15 @@ class HookedTransformer(HookedRootModule):
             return None
         loss = self.loss_fn(logits, tokens if labels is None else labels, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else Output(logits, loss)
+
+    def _stop_layer(self, stop_at_layer: Optional[int]) -> Optional[int]:
+        """How many blocks a forward with `stop_at_layer` runs (None: all, and unembed)."""
+        if stop_at_layer is None:
+            return None
+        L = self.cfg.n_layers
+        if not isinstance(stop_at_layer, int) or not -L <= stop_at_layer <= L:
+            raise ValueError(f"stop_at_layer must be an int in [-{L}, {L}] for this {L}-layer model, got {stop_at_layer!r}")
+        return stop_at_layer % L if stop_at_layer < 0 else stop_at_layer
 
     def unembed_resid(self, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         logits = F.linear(x, self.embed.weight) if self.unembed is None else self.unembed(x)

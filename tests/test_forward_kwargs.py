@@ -51,3 +51,25 @@ def test_forward_argument_errors():
         model(inputs_embeds=torch.zeros(1, 4, 3))
     with pytest.raises(ValueError, match="cannot give a loss"):
         model(tokens, return_type="loss", last_position_only=True)
+
+
+@pytest.mark.parametrize("name", presets.NAMES)
+def test_stop_at_layer_returns_the_residual_the_cache_sees(name):
+    torch.manual_seed(0)
+    model = presets.make(name, "tiny").eval()
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 8))
+    _, cache = model.run_with_cache(tokens)
+    L = model.cfg.n_layers
+    for stop in range(-L, L + 1):
+        n = stop % L if stop < 0 else stop
+        want = cache[f"blocks.{n}.hook_resid_pre"] if n < L else cache[f"blocks.{L - 1}.hook_resid_post"]
+        torch.testing.assert_close(model(tokens, stop_at_layer=stop), want, atol=1e-5, rtol=1e-5)
+    fired = []
+    model.blocks[L - 1].hook_resid_pre.add_hook(lambda x, hook: fired.append(hook.name))
+    model(tokens, stop_at_layer=L - 1)
+    model.reset_hooks()
+    assert fired == [], "a block after stop_at_layer ran"
+    with pytest.raises(ValueError, match="stop_at_layer"):
+        model(tokens, stop_at_layer=L + 1)
+    with pytest.raises(ValueError, match="stop_at_layer"):
+        model(tokens, return_type="loss", stop_at_layer=1)
