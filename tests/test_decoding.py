@@ -152,6 +152,9 @@ def test_bench_generate_small(tmp_path):
     assert json.loads(out.read_text()) == result
     rows = result["rows"]
     assert {r["positional"] for r in rows} == {"learned", "rope", "alibi"}
+    errors = [r for r in rows if "error" in r]
+    assert not errors, f"configurations failed: {errors}"  # the error itself, not a KeyError on its row
     for r in rows:
         assert r["ours_tokens_per_s"] > 0 and r["hf_tokens_per_s"] > 0
+        assert r["hf_best"]["tokens_per_s"] > 0 and r["hf_best"]["rows_equal_to_hf"] == 1.0
         assert r["ours_equals_step_by_step"] is True
