@@ -54,6 +54,24 @@ class LayerKV:
         return k, v
 
 
+class KVCache:
+    """Keys/values of every layer plus the bookkeeping positions need.
+
+    `key_mask` (batch, past) is None while no padding has been seen; `n_real` (batch,) counts
+    the real tokens so far, which is the next position id for learned/RoPE/ALiBi.
+    """
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerKV() for _ in range(n_layers)]
+        self.key_mask: Optional[torch.Tensor] = None
+        self.positions: Optional[torch.Tensor] = None
+        self.n_real: Optional[torch.Tensor] = None
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
 @dataclass
 class AttnContext:
     """What every layer of one forward shares: positions, padding, rotary angles."""

@@ -12,6 +12,10 @@ On CUDA, `generate` decodes with a static KV cache and compiled prefill / decode
 decode step as a CUDA graph; see `models.decoding`) unless something is hooked, in which case
 that call runs step by step eagerly so the hooks see every step. `fast=False` opts out;
 `fast=True` also takes the static cache on CPU (eager there unless `compile=True`).
+
+`model` is any `models.HookedTransformer` (or a module with its `forward`, `cfg` and
+`to_tokens`); this module imports only `KVCache` from below it, so `HookedTransformer.generate`
+can import it without an import circle.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Optional, Sequence, Union
 import torch
 from jaxtyping import Float, Int
 
+from torch import nn
+
 from . import decoding
-from .transformer import HookedTransformer, KVCache
+from .attention import KVCache
 
 
 @dataclass
@@ -73,7 +79,7 @@ def left_pad(
     return tokens.to(device), mask.to(device)  # built on the host, copied once
 
 
-def _as_prompts(model: HookedTransformer, input) -> list[list[int]]:
+def _as_prompts(model: nn.Module, input) -> list[list[int]]:
     if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
         texts = [input] if isinstance(input, str) else list(input)
         return [model.to_tokens(t)[0].tolist() for t in texts]
@@ -84,7 +90,7 @@ def _as_prompts(model: HookedTransformer, input) -> list[list[int]]:
 
 @torch.no_grad()
 def generate_next_token(
-    model: HookedTransformer,
+    model: nn.Module,
     tokens: Int[torch.Tensor, "batch pos"],
     attention_mask: Optional[torch.Tensor] = None,
     past_kv_cache: Optional[KVCache] = None,
@@ -101,7 +107,7 @@ def generate_next_token(
 
 @torch.no_grad()
 def generate(
-    model: HookedTransformer,
+    model: nn.Module,
     input: Union[str, Sequence[str], torch.Tensor, Sequence[Sequence[int]]],
     max_new_tokens: int = 32,
     temperature: float = 1.0,

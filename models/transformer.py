@@ -21,9 +21,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from .attention import AttnContext, LayerKV
+from .attention import AttnContext, KVCache
 from .block import Block
 from .config import ModelConfig
+from .generation import generate as _generate
 from .hooks import HookPoint
 from .loss import IGNORE_INDEX, unembed_cross_entropy
 from .norm import make_norm
@@ -35,24 +36,6 @@ TokensLike = Union[str, Sequence[str], torch.Tensor]
 class Output(NamedTuple):
     logits: torch.Tensor
     loss: torch.Tensor
-
-
-class KVCache:
-    """Keys/values of every layer plus the bookkeeping positions need.
-
-    `key_mask` (batch, past) is None while no padding has been seen; `n_real` (batch,) counts
-    the real tokens so far, which is the next position id for learned/RoPE/ALiBi.
-    """
-
-    def __init__(self, n_layers: int):
-        self.layers = [LayerKV() for _ in range(n_layers)]
-        self.key_mask: Optional[torch.Tensor] = None
-        self.positions: Optional[torch.Tensor] = None
-        self.n_real: Optional[torch.Tensor] = None
-
-    @property
-    def length(self) -> int:
-        return self.layers[0].length
 
 
 def forward_arguments(input, input_ids, return_type: Optional[str], labels) -> tuple[Any, Optional[str]]:
@@ -462,9 +445,7 @@ class HookedTransformer(HookedRootModule):
     @torch.no_grad()
     def generate(self, input: TokensLike, **kwargs):
         """See `models.generation.generate`."""
-        from .generation import generate
-
-        return generate(self, input, **kwargs)
+        return _generate(self, input, **kwargs)
 
 
 def _encode(tok: Any, text: str) -> list[int]:
