@@ -7,8 +7,16 @@ fourier]` (or a checkpoint inside one). Figures: train and test accuracy and los
 steps; the final number embeddings' Fourier spectrum with its key frequencies; the progress
 measures as logged (restricted / excluded loss, weight norm, top-8 share); and restricted /
 excluded loss recomputed over the checkpoint series with the *final* key frequencies, as in
-the paper. `summary.json` has the step test accuracy first passes 50% and 99%, the key
-frequencies and their share, and the per-checkpoint series.
+the paper. `summary.json` has the steps test accuracy first passes 5%, 10%, 50% and 99%, the
+key frequencies and the per-checkpoint series.
+
+Fourier "share" (`interp.training.progress.embedding_spectrum`): the p number rows of W_E
+(p, d_model) are written in the orthonormal Fourier basis of Z_p; frequency k's energy is
+the squared norm of its cos k and sin k coefficients summed over d_model; a share is that
+energy over the energy of all p // 2 frequencies, i.e. of the squared Frobenius norm of W_E's
+number rows minus its constant (mean-over-numbers) component, which `constant_share` gives.
+`top_k_share` is the share of the k frequencies with the most energy; `key_frequencies` the
+fewest frequencies holding 80%.
 """
 
 from __future__ import annotations
@@ -63,7 +71,11 @@ def main(argv=None):
     spectrum = embedding_spectrum(model.W_E[:p].detach())
     shares = (spectrum / spectrum.sum()).tolist()
     keys = key_frequencies(spectrum)
-    top8 = float(torch.sort(spectrum, descending=True).values[:8].sum() / spectrum.sum())
+    ranked = torch.sort(spectrum, descending=True)
+    top_k_share = {k: float(ranked.values[:k].sum() / spectrum.sum()) for k in (1, 2, 4, 8, 16)}
+    top_frequencies = [{"frequency": int(i) + 1, "share": shares[int(i)]} for i in ranked.indices[:8]]
+    numbers = model.W_E[:p].detach().double()
+    constant_share = float(numbers.mean(0).pow(2).sum() * p / numbers.pow(2).sum())  # the k = 0 row's energy
 
     # restricted / excluded loss over the series, with the final model's key frequencies
     answers, train_mask = modular_tables(task, "cpu")
@@ -81,7 +93,8 @@ def main(argv=None):
                                         title="Accuracy (full batch of 30% of pairs; test = the other 70%)"),
         "loss": plots.metric_curves({"train loss": (steps, [r["train_loss"] for r in evals]),
                                      "test loss": (steps, [r["loss"] for r in evals])}, title="Loss", log_y=True),
-        "fourier_spectrum": plots.fourier_spectrum(shares, keys, title=f"Final W_E: key frequencies {keys}"),
+        "fourier_spectrum": plots.fourier_spectrum(shares, keys, title=f"Final W_E: key frequencies {keys}; top 4 hold "
+                                                        f"{top_k_share[4]:.1%}, top 8 {top_k_share[8]:.1%} of the energy"),
     }
     if progress:
         ps = [r["step"] for r in progress]
@@ -106,8 +119,13 @@ def main(argv=None):
         "test_acc_first_above_0.99": first_step(steps, test_acc, 0.99),
         "train_acc_first_above_0.99": first_step(steps, train_acc, 0.99),
         "min_train_acc_later_half": min(later), "final_test_acc": test_acc[-1], "final_train_acc": train_acc[-1],
+        "test_acc_first_above_0.05": first_step(steps, test_acc, 0.05),
+        "test_acc_first_above_0.1": first_step(steps, test_acc, 0.1),
+        "max_test_acc_until_15000": max((a for s, a in zip(steps, test_acc) if s <= 15_000), default=None),
         "test_acc_at_10pct": test_acc[max(0, len(steps) // 10 - 1)],
-        "key_frequencies": keys, "top8_share": top8, "spectrum_shares": shares, "series": series,
+        "key_frequencies": keys, "top_k_share": top_k_share, "top8_share": top_k_share[8],
+        "top_frequencies": top_frequencies, "constant_share": constant_share,
+        "spectrum_shares": shares, "series": series,
     }
     return write(args.out, summary, figures)
 
