@@ -644,3 +644,23 @@ def head_series_heatmap(steps: Sequence[int], values: dict, title: str = "", mar
         fig.add_vline(x=mark_step, line=dict(color="#e4572e", width=2, dash="dot"))
     fig.update_layout(title=title, xaxis_title="step", yaxis_title="head", height=max(300, 40 + 22 * len(names)))
     return fig
+
+
+def loss_and_score(steps: Sequence[int], loss, score, marks: Optional[dict] = None, title: str = "",
+                   score_name: str = "best induction score") -> go.Figure:
+    """A loss curve (left axis, log) and a score over the same steps (right axis), with a dotted
+    vertical line per entry of `marks` ({label: step}): e.g. a phase change seen in both."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=list(steps), y=_np(loss), name="eval loss", mode="lines+markers", marker=dict(size=3),
+                             line=dict(color=_COLORS[0]), hovertemplate="step %{x}<br>loss %{y:.4g}<extra></extra>"),
+                  secondary_y=False)
+    fig.add_trace(go.Scatter(x=list(steps), y=_np(score), name=score_name, mode="lines+markers", marker=dict(size=3),
+                             line=dict(color=_COLORS[1]), hovertemplate="step %{x}<br>score %{y:.3f}<extra></extra>"),
+                  secondary_y=True)
+    for i, (label, step) in enumerate((marks or {}).items()):
+        fig.add_vline(x=step, line=dict(color=_COLORS[3 + i % 7], width=1.5, dash="dot"), annotation_text=label,
+                      annotation_position="top right" if i % 2 == 0 else "bottom right")
+    fig.update_yaxes(title_text="eval loss", type="log", secondary_y=False)
+    fig.update_yaxes(title_text=score_name, secondary_y=True)
+    fig.update_layout(title=title, xaxis_title="step", hovermode="x unified", legend=dict(font=dict(size=10)))
+    return fig

@@ -46,3 +46,22 @@ def test_step_masking_script_separates_the_three_modes(tmp_path):
     assert rows["add3_mask_steps"]["loss/step"] > 1 > rows["add3_mask_steps"]["loss/answer"]
     assert rows["add3_mask_answer"]["loss/answer"] > 1 > rows["add3_mask_answer"]["loss/step"]
     assert (tmp_path / "segments_loss.html").exists()
+
+
+def test_loss_shape_tells_a_plateau_and_a_bump_from_a_single_fall():
+    import numpy as np
+
+    from analyses.induction_formation import loss_shape
+
+    steps = list(range(10, 1010, 10))
+    t = np.asarray(steps, dtype=float)
+    score = (1 / (1 + np.exp(-(t - 500) / 20))).tolist()  # rises at step 500
+    fall = 3.0 / (1 + np.exp((t - 510) / 15))  # the loss's drop, just after the score's rise
+    plateau = (0.5 + fall).tolist()
+    bump = (0.5 + fall + 0.2 * np.exp(-((t - 430) / 20) ** 2)).tolist()
+    slope = (0.5 + fall + 8.0 * (1 - t / 1000)).tolist()  # falls 0.8 per 100 steps all along
+    assert loss_shape(steps, plateau, score)["loss_shape"] == "plateau, then fall"
+    assert loss_shape(steps, bump, score)["loss_shape"] == "plateau, bump, then fall"
+    single = loss_shape(steps, slope, score)
+    assert single["loss_shape"] == "single fall" and single["largest_rise_before_fall"] == 0.0
+    assert single["flattest_stretch_before_onset"]["share_of_total_fall"] > 0.05
