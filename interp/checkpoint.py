@@ -38,7 +38,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -690,6 +690,19 @@ class CheckpointManager:
         if metric is not None:
             training["metric"] = metric
         path = save(model, self.step_dir(step), tokenizer, training=training, **kwargs)
+        return self._commit(path, metric, better)
+
+    def save_with(self, step: int, write: Callable[[Path], None], *, metric: Optional[float] = None) -> Path:
+        """Like `save`, for a checkpoint that is not one model (e.g. the dictionaries of a
+        features run): `write(tmp)` fills a temporary directory that then replaces
+        `step_{step:06d}` atomically; `last` / `best` and pruning as in `save`."""
+        better = self.is_better(metric)
+        path = self.step_dir(step)
+        with _atomic_dir(path) as tmp:
+            write(tmp)
+        return self._commit(path, metric, better)
+
+    def _commit(self, path: Path, metric: Optional[float], better: bool) -> Path:
         _write_atomic_text(self.run_dir / "last", path.name + "\n")
         if better:
             self.best_metric = metric
