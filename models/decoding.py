@@ -142,23 +142,34 @@ def _decode(model, cache: StaticKVCache, tokens, alive):
     return logits
 
 
+# Greedy decoding picks the token inside the graph: the step hands back (batch,) ids, so no
+# (batch, vocab) logits leave the graph and no argmax launches between two replays.
+def _prefill_greedy(model, cache: StaticKVCache, tokens, mask):
+    return _prefill(model, cache, tokens, mask).argmax(-1)
+
+
+def _decode_greedy(model, cache: StaticKVCache, tokens, alive):
+    return _decode(model, cache, tokens, alive).argmax(-1)
+
+
 _COMPILED: dict = {}
 
 
-def compiled_steps(backend: Union[bool, str] = False) -> tuple[Callable, Callable]:
-    """(prefill, decode) callables. `backend` False: eager; True: inductor (decode with
-    CUDA graphs on CUDA); a string: that `torch.compile` backend (e.g. "eager" to check
-    that the decode step traces into one graph)."""
+def compiled_steps(backend: Union[bool, str] = False, greedy: bool = False) -> tuple[Callable, Callable]:
+    """(prefill, decode) callables returning logits, or ids with `greedy`. `backend` False:
+    eager; True: inductor (decode with CUDA graphs on CUDA); a string: that `torch.compile`
+    backend (e.g. "eager" to check that the decode step traces into one graph)."""
+    prefill, decode = (_prefill_greedy, _decode_greedy) if greedy else (_prefill, _decode)
     if backend is False:
-        return _prefill, _decode
+        return prefill, decode
     backend = "inductor" if backend is True else backend
-    if backend not in _COMPILED:
+    if (backend, greedy) not in _COMPILED:
         decode_kw = dict(mode="reduce-overhead") if backend == "inductor" else {}
-        _COMPILED[backend] = (
-            torch.compile(_prefill, backend=backend, dynamic=None),
-            torch.compile(_decode, backend=backend, fullgraph=True, **decode_kw),
+        _COMPILED[backend, greedy] = (
+            torch.compile(prefill, backend=backend, dynamic=None),
+            torch.compile(decode, backend=backend, fullgraph=True, **decode_kw),
         )
-    return _COMPILED[backend]
+    return _COMPILED[backend, greedy]
 
 
 # ---------------------------------------------------------------------------- when it applies
@@ -228,12 +239,13 @@ def fast_generate(
     max_new_tokens: int,
     stop: Int[torch.Tensor, "n_stop"],
     pad: int,
-    sample: Callable[[torch.Tensor], torch.Tensor],
+    sample: Optional[Callable[[torch.Tensor], torch.Tensor]],
     compile: Union[bool, str] = False,
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     """Decode `max_new_tokens` after left-padded `tokens` with a static cache.
 
-    `sample` maps (batch, vocab) logits to (batch,) ids. Returns (tokens, mask, new_tokens)
+    `sample` maps (batch, vocab) logits to (batch,) ids; None means greedy, picked inside the
+    compiled step (the same ids as `argmax` outside it). Returns (tokens, mask, new_tokens)
     exactly as the step-by-step loop of `models.generation.generate` builds them: rows stop
     at a token in `stop`, later tokens of a stopped row are `pad` and masked out, and the
     output ends at the step where the last row stopped.
@@ -262,7 +274,8 @@ def _fast_generate(model, tokens, mask, max_new_tokens, stop, pad, sample, compi
     if length is None:
         raise ValueError(f"{T} + {max_new_tokens} tokens run past n_ctx={model.cfg.n_ctx} (learned positions)")
     cache = static_cache(model, B, length, _cache_dtype(model, device))
-    prefill, decode = compiled_steps(compile)
+    greedy = sample is None
+    prefill, decode = compiled_steps(compile, greedy)
     padded = not bool(mask.all())
     graphs = compile is not False and device.type == "cuda"
 
@@ -275,9 +288,13 @@ def _fast_generate(model, tokens, mask, max_new_tokens, stop, pad, sample, compi
             torch.compiler.cudagraph_mark_step_begin()
         return decode(model, cache, nxt, alive)
 
-    out, alive_out, new_tokens = decode_tokens(logits, feed, max_new_tokens, stop, pad, sample,
-                                               compiled=compile is not False)
+    out, alive_out, new_tokens = decode_tokens(logits, feed, max_new_tokens, stop, pad,
+                                               _picked if greedy else sample, compiled=compile is not False)
     return torch.cat([tokens, out], dim=1), torch.cat([mask, alive_out], dim=1), new_tokens
+
+
+def _picked(ids: torch.Tensor) -> torch.Tensor:
+    return ids  # greedy: the step already picked the token
 
 
 def decode_tokens(
@@ -290,7 +307,7 @@ def decode_tokens(
     compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     """The host side of static-cache decoding, from the (batch, vocab) `logits` of the last
-    fed position: sample, then `feed((batch, 1) ids, (batch, 1) alive)` -> the next logits.
+    fed position (or whatever `feed` returns that `sample` maps to ids): sample, then `feed((batch, 1) ids, (batch, 1) alive)` -> the next logits.
     Returns (out, alive_out, new_tokens) as the step-by-step loop builds them: rows stop at a
     token in `stop`, later tokens of a stopped row are `pad` and not alive, and the output ends
     at the step where the last row stopped (checked on the host every `STOP_CHECK_EVERY`

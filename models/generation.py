@@ -151,7 +151,8 @@ def generate(
         compile = tokens.is_cuda if compile is None else compile
         try:
             tokens, mask, new_tokens = decoding.fast_generate(
-                getattr(model, "_orig_mod", model), tokens, mask, max_new_tokens, stop, pad, lambda logits: sample_logits(logits, **sampling),
+                getattr(model, "_orig_mod", model), tokens, mask, max_new_tokens, stop, pad,
+                None if greedy or temperature == 0 else (lambda logits: sample_logits(logits, **sampling)),
                 compile=compile,
             )
         finally:
