@@ -388,6 +388,7 @@ TASKS: dict[str, str] = {
     "text": "interp.tasks.text:TextTask",
     "graph": "interp.tasks.graph:GraphTask",
     "rules": "interp.tasks.rules:RulesTask",
+    "prosqa": "interp.tasks.prosqa:ProsQATask",
 }
 
 

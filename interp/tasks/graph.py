@@ -57,7 +57,7 @@ from .base import (
 )
 
 __all__ = ["GraphTask", "reasoning_tokenizer", "CONCEPTS", "PERSONS", "PROPERTIES", "REASONING_SPECIALS",
-           "MASKING_MODES", "FactsTask"]
+           "MASKING_MODES", "FactsTask", "build_facts_example", "bfs_depths"]
 
 REASONING_SPECIALS = ("<pad>", "<bos>", "<eos>", "<bot>", "<eot>", "<latent>")
 _ONSETS = ("w", "y", "z", "d", "r", "n", "t", "v", "j", "g", "sh", "l", "st", "gr", "br", "f", "k", "b", "m",
@@ -93,6 +93,25 @@ def _range(task: str, option: str, value: Any, minimum: int) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def build_facts_example(tok: Tokenizer, step_masking_mode: str, prompt: Sequence[str], steps: Sequence[Sequence[str]],
+                        answer: Sequence[str], meta: dict) -> Example:
+    """`<bos> prompt <bot> steps <eot> answer <eos>` from word lists, the span of every step in
+    `meta["step_spans"]`, targets as `step_masking_mode` says (shared by `graph`, `rules`, `prosqa`)."""
+    train_steps = step_masking_mode in ("none", "mask_answer")
+    train_answer = step_masking_mode in ("none", "mask_steps")
+    ids = lambda words: tok.convert_tokens_to_ids(list(words))  # noqa: E731
+    pieces: list = [([tok.bos_token_id], PROMPT, False), (ids(prompt), PROMPT, False),
+                    ([tok.bot_token_id], STEP, train_steps)]
+    spans, at = [], 1 + len(prompt) + 1
+    for step in steps:
+        pieces.append((ids(step), STEP, train_steps))
+        spans.append([at, at + len(step)])
+        at += len(step)
+    pieces += [([tok.eot_token_id], STEP, train_steps), (ids(answer), ANSWER, train_answer),
+               ([tok.eos_token_id], ANSWER, train_answer)]
+    return build_example(tok, pieces, {**meta, "step_spans": spans, "answer": " ".join(answer)})
+
+
 class FactsTask(Task):
     """What `graph` and `rules` share: the tokenizer, the masking modes and building an Example
     from word lists with the span of every step recorded."""
@@ -109,20 +128,7 @@ class FactsTask(Task):
 
     def build(self, prompt: Sequence[str], steps: Sequence[Sequence[str]], answer: Sequence[str], meta: dict
               ) -> Example:
-        tok = self.tokenizer
-        train_steps = self.step_masking_mode in ("none", "mask_answer")
-        train_answer = self.step_masking_mode in ("none", "mask_steps")
-        ids = lambda words: tok.convert_tokens_to_ids(list(words))  # noqa: E731
-        pieces: list = [([tok.bos_token_id], PROMPT, False), (ids(prompt), PROMPT, False),
-                        ([tok.bot_token_id], STEP, train_steps)]
-        spans, at = [], 1 + len(prompt) + 1
-        for step in steps:
-            pieces.append((ids(step), STEP, train_steps))
-            spans.append([at, at + len(step)])
-            at += len(step)
-        pieces += [([tok.eot_token_id], STEP, train_steps), (ids(answer), ANSWER, train_answer),
-                   ([tok.eos_token_id], ANSWER, train_answer)]
-        return build_example(tok, pieces, {**meta, "step_spans": spans, "answer": " ".join(answer)})
+        return build_facts_example(self.tokenizer, self.step_masking_mode, prompt, steps, answer, meta)
 
     def _build_splits(self) -> dict[str, Sequence[Example]]:
         rng = random.Random(self._seed)
