@@ -16,7 +16,8 @@ one file per architecture (`relu`, `topk`, `batchtopk`, `jumprelu`, `matryoshka`
 (L0, FVE, CE loss recovered, ...), `data.py` (token batches of a checkpoint's own task),
 `training/` (the trainer), `cli.py` (`interp features ...`).
 
-Attributes are imported lazily so `import interp.features` stays cheap.
+`train` is imported on first use (the trainer is the heavy part); `features.splice` and
+`features.evaluate` are the functions (their modules are `interp.features.splice` / `.evaluate`).
 """
 
 from __future__ import annotations
@@ -24,34 +25,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_WHERE = {
-    "DictionaryConfig": "dictionary", "SparseDictionary": "dictionary", "TrainOutput": "dictionary",
-    "DictionaryError": "dictionary", "make": "dictionary", "register": "dictionary",
-    "sparse_decode": "dictionary",
-    "save": "io", "load": "io",
-    "splice": "splice", "model_identity": "splice", "hook_widths": "splice",
-    "evaluate": "evaluate",
-    "token_batches": "data", "TokenBatch": "data",
-}
+from .data import TokenBatch, token_batches
+from .dictionary import (
+    DictionaryConfig, DictionaryError, SparseDictionary, TrainOutput, architectures, make, register, sparse_decode,
+)
+from .evaluate import evaluate
+from .io import load, save
+from .splice import hook_widths, model_identity, splice
 
-__all__ = sorted([*_WHERE, "ARCHITECTURES", "train"])
+ARCHITECTURES = architectures()
+
+__all__ = [
+    "ARCHITECTURES", "DictionaryConfig", "DictionaryError", "SparseDictionary", "TokenBatch", "TrainOutput",
+    "evaluate", "hook_widths", "load", "make", "model_identity", "register", "save", "sparse_decode", "splice",
+    "token_batches", "train",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ARCHITECTURES":
-        return importlib.import_module(".dictionary", __name__).architectures()
     if name == "train":  # the trainer (interp/features/training)
         return importlib.import_module(".training", __name__).train
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    if not name.startswith("_"):
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
