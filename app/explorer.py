@@ -4,7 +4,7 @@ comparison and training curves for a trained checkpoint, in one URL-backed view.
     streamlit run app/explorer.py -- [--ckpt DIR_OR_NAME]        (or `make explore`)
 
 Checkpoints and runs are found under `$INTERP_CHECKPOINT_ROOT` (default `data/checkpoints`
-and `data/runs`, see app/data.py); `shakespeare_factored_alibi` opens first when present.
+and `data/runs`, see app/data/discovery.py); `shakespeare_factored_alibi` opens first when present.
 The whole view (checkpoint, step, page, prompt, layer, head, position, options) lives in the
 URL (app/state.py); pages are modules in app/views/.
 """

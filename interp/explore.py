@@ -1,5 +1,6 @@
 """Small analyses behind the explorer app (`app/explorer.py`): stream norms, top MLP neurons,
-and step-by-step generation with the new token's attention.
+step-by-step generation with the new token's attention, per-token loss, top-1 predictions,
+and the one-token corruption the Patching page starts from.
 
 ```python
 from interp import explore
@@ -7,6 +8,8 @@ norms = explore.stream_norms(model, tokens)              # StreamNorms: resid (L
 idx, val = explore.top_neurons(model, tokens, layer=1, pos=-1, k=10)
 steps = explore.generate_steps(model, tokens, n_steps=8, k=5, greedy=True)   # generate + one cached pass
 steps[0].top_ids, steps[0].attention.shape               # (k,), (layer, head, T0)
+explore.token_losses(model, tokens), explore.top1(model, tokens)   # (T - 1,), (T,)
+change = explore.one_token_corruption(model, tokens, read_at=7, positions=range(6, 0, -1))
 ```
 
 Everything takes one sequence: `tokens` (pos,) or (1, pos).
@@ -15,15 +18,17 @@ Everything takes one sequence: `tokens` (pos,) or (1, pos).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from .cache import cached
 from .lens import lens_hooks
 
-__all__ = ["StreamNorms", "stream_norms", "top_neurons", "Step", "generate_steps"]
+__all__ = ["StreamNorms", "stream_norms", "top_neurons", "Step", "generate_steps", "token_losses", "top1",
+           "OneTokenChange", "one_token_corruption"]
 
 
 def _one(tokens: torch.Tensor) -> torch.Tensor:
@@ -129,3 +134,84 @@ def generate_steps(
         top = probs[i].topk(min(k, probs.shape[-1]))
         out.append(Step(T0 - 1 + i, tok, probs[i], top.indices, top.values, attn[:, :, i, : T0 + i]))
     return out
+
+
+@torch.no_grad()
+def token_losses(model, tokens: Int[torch.Tensor, "pos"]) -> Float[torch.Tensor, "pos_minus_1"]:
+    """Teacher-forced next-token cross-entropy at each position: entry i scores token i + 1."""
+    tokens = _one(tokens).to(model.cfg.device)
+    logits = model(tokens)[0].float()
+    return F.cross_entropy(logits[:-1], tokens[0, 1:], reduction="none").cpu()
+
+
+@torch.no_grad()
+def top1(model, tokens: Int[torch.Tensor, "pos"]) -> Int[torch.Tensor, "pos"]:
+    """The model's top-1 next token at every position."""
+    return model(_one(tokens).to(model.cfg.device))[0].argmax(-1).cpu()
+
+
+@dataclass
+class OneTokenChange:
+    """Token `position` replaced by `token`; `changes_at`: the position whose top-1
+    prediction the change alters (None: it alters none that was looked at)."""
+
+    position: int
+    token: int
+    changes_at: Optional[int]
+
+
+@torch.no_grad()
+def one_token_corruption(
+    model,
+    tokens: Int[torch.Tensor, "pos"],
+    read_at: int,
+    positions: Iterable[int],
+    protected: Iterable[int] = (),
+    n_alternatives: int = 3,
+    travel: bool = False,
+) -> Optional[OneTokenChange]:
+    """A corrupted twin of `tokens` for activation patching: one token replaced by one of the
+    model's own top alternatives there (its top predictions at the position before, never a
+    `protected` id), scored with one batched forward over every candidate.
+
+    Candidates are tried at `positions` in order. `travel=False`: the first change that alters
+    the top-1 prediction at `read_at` wins. `travel=True` (free text, where any later position
+    may read): the change whose effect reaches furthest from where it was made (then: latest)
+    wins, reading at least two positions on. When none qualifies, the change at `read_at`
+    itself that alters its prediction, else the first candidate there. None without candidates.
+    """
+    seq = _one(tokens).to(model.cfg.device)
+    ids = seq[0].tolist()
+    T = len(ids)
+    protected = set(int(i) for i in protected)
+    logits = model(seq)[0]
+    base = logits.argmax(-1)
+    cands = []
+    for q in positions:
+        if q < 1 or q >= T or ids[q] in protected:
+            continue
+        alts = [int(t) for t in logits[q - 1].topk(min(2 * n_alternatives, logits.shape[-1])).indices
+                if int(t) not in protected and int(t) != ids[q]][:n_alternatives]
+        cands += [(q, t) for t in alts]
+    if not cands:
+        return None
+    batch = seq.repeat(len(cands), 1)
+    for i, (q, t) in enumerate(cands):
+        batch[i, q] = t
+    flips = (model(batch).argmax(-1) != base).cpu()  # (candidate, pos)
+    best, at = None, None
+    for i, (q, _) in enumerate(cands):
+        if not travel:
+            if bool(flips[i, read_at]):
+                best, at = i, read_at
+                break
+            continue
+        later = [r for r in range(q + 2, T) if bool(flips[i, r])]
+        if later and (best is None or (later[-1] - q, later[-1]) > (at - cands[best][0], at)):
+            best, at = i, later[-1]
+    if best is None:
+        here = [i for i, (q, _) in enumerate(cands) if q == read_at]
+        best = next((i for i in here if bool(flips[i, read_at])), here[0] if here else 0)
+        at = read_at if bool(flips[best, read_at]) else None
+    q, t = cands[best]
+    return OneTokenChange(q, t, at)

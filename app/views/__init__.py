@@ -8,7 +8,7 @@ page is then left out of the navigation). Inside `render`:
 * state: `ctx.view.get(name)`, `ctx.layer()`, `ctx.head()`, `ctx.pos(T, default)`; widgets bound
   to the URL: `ctx.view.widget("selectbox", "name", "Label", options=...)` (add new names
   to `app/state.PARAMS`); selections from clicks: `app.state.set_param(name, value)`;
-* numbers: cached calls in `app/data.py` (which call `interp`); figures: `interp.plots`,
+* numbers: cached calls in `app/data/` (which call `interp`; see its `__init__` for the map); figures: `interp.plots`,
   drawn with `common.chart(fig, key, on_point=...)` (click to select) and
   `common.export(...)` (CSV / .npz downloads);
 * bad input: raise `app.data.AppError("what is wrong and what to do")`.
