@@ -53,7 +53,9 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import torch
 
+from ..shards import ShardStream, WindowTensors, read_shards
 from ..tokenizers import Tokenizer, bpe_tokenizer, char_tokenizer, load_tokenizer
 from . import text_sources as sources
 from .base import ANSWER, IGNORE_INDEX, PROMPT, SPLITS, Example, Task, TaskConfigError, check_int
@@ -191,8 +193,6 @@ class TextTask(Task):
 
     # ------------------------------------------------------------------ reading
     def _open_shards(self, shard_dir: Path) -> None:
-        from ..training.data import ShardStream, read_shards
-
         meta = read_shards(shard_dir)
         self._shards = {k: ShardStream(v["arrays"]) for k, v in meta["splits"].items()}
         self.tokenizer = load_tokenizer(shard_dir / meta["tokenizer"])
@@ -294,12 +294,8 @@ class TextTask(Task):
         return out
 
     def token_windows(self, split: str):
-        """The split as a `interp.training.data.WindowTensors` (token stream + window starts) on
+        """The split as a `interp.shards.WindowTensors` (token stream + window starts) on
         the CPU: the trainer gathers batches from it on the device without building Examples."""
-        import torch
-
-        from ..training.data import WindowTensors
-
         windows = self.split(split)
         starts = torch.as_tensor(np.asarray(windows.starts, dtype=np.int64))
         stream = torch.from_numpy(windows.ids) if isinstance(windows.ids, np.ndarray) else windows.ids

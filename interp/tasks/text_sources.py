@@ -14,7 +14,7 @@ quota (`fractions * (i + 1)` minus what it already has), so the three splits int
 the given proportions, need no corpus length up front (streams), and never share a document.
 
 `stream_to_shards` tokenizes a document stream split by split into the memory-mapped token
-shard format of `interp.training.data.write_shards` without holding the corpus in memory:
+shard format of `interp.shards.write_shards` without holding the corpus in memory:
 train tokens go straight to their shards, val / test tokens are spilled to temporary files
 and copied into theirs afterwards.
 """
@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..shards import read_shards, shard_dtype, write_shards
 from .base import SPLITS, TaskConfigError
 
 DATASET_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".tsv": "csv"}
@@ -239,8 +240,6 @@ def stream_to_shards(docs: Iterable[str], fractions: Sequence[float], tokenizer:
                      out_dir: Path, identity: dict, shard_tokens: int = 100_000_000) -> Path:
     """Tokenize a document stream into `out_dir` (token shards + meta.json + tokenizer.json);
     reused as it is when `out_dir/meta.json` records the same `identity`."""
-    from ..training.data import read_shards, shard_dtype, write_shards
-
     meta_file = out_dir / "meta.json"
     if meta_file.is_file():
         try:

@@ -39,7 +39,7 @@ from .config import (
     register_task,
     resolve_device,
 )
-from .data import ExampleTensors, StepSampler, TrainData, WindowTensors, materialise
+from .data import ExampleTensors, StepSampler, TrainData, materialise
 from .evaluate import EvalData, evaluate, evaluate_checkpoint, exact_match
 from .loop import TRAINERS, Trainer, register_trainer, train
 from .progress import MEASURES, register as register_measure
@@ -47,6 +47,6 @@ from .progress import MEASURES, register as register_measure
 __all__ = [
     "DEFAULT_TRAIN", "TASK_REGISTRY", "Curriculum", "TrainConfigError", "apply_overrides", "autocast_dtype",
     "build_model_config", "build_task", "load_run_config", "lr_at", "param_groups", "read_yaml", "register_task",
-    "resolve_device", "ExampleTensors", "StepSampler", "TrainData", "WindowTensors", "materialise", "EvalData",
+    "resolve_device", "ExampleTensors", "StepSampler", "TrainData", "materialise", "EvalData",
     "evaluate", "evaluate_checkpoint", "exact_match", "Trainer", "train", "TRAINERS", "register_trainer", "MEASURES", "register_measure",
 ]

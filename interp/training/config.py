@@ -24,6 +24,7 @@ import torch
 import yaml
 from pathlib import Path
 
+from interp.tasks import make_task
 from models import ModelConfig, presets
 
 PathLike = Union[str, os.PathLike]
@@ -286,8 +287,6 @@ def build_task(task_cfg: dict):
     name = kwargs.pop("name")
     if name in TASK_REGISTRY:
         return TASK_REGISTRY[name](**kwargs)
-    from interp.tasks import make_task
-
     try:
         return make_task(name, **kwargs)
     except TypeError as e:

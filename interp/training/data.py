@@ -4,9 +4,10 @@ No per-step Python collation. A split becomes either
 
 * `ExampleTensors`: every example right-padded to the split's longest, as (n, pos) tensors
   (input_ids, labels with the task's masking already applied, attention_mask, segments), or
-* `WindowTensors`: for text, the split's token stream plus the start offset of every window;
-  a batch is a gather `stream[start + arange(window)]`, or, for corpora on disk, a read from
-  memory-mapped token shards (`interp data prepare`) into pinned memory by a background thread.
+* `interp.shards.WindowTensors`: for text, the split's token stream plus the start offset of
+  every window; a batch is a gather `stream[start + arange(window)]`, or, for corpora on disk, a
+  read from memory-mapped token shards (`interp data prepare`) into pinned memory by a
+  background thread.
 
 `StepSampler` says which examples step `s` trains on: positions `[s * B, (s + 1) * B)` of an
 endless stream that visits the split in a fresh permutation per epoch, seeded by
@@ -21,29 +22,20 @@ fused attention path at a fixed width: static shapes, which CUDA graphs need.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Int
 
+from ..shards import MicroBatch, ShardStream, WindowTensors, write_shards
+
 IGNORE_INDEX = -100
 PAD_SEGMENT = -1
-
-
-class MicroBatch(NamedTuple):
-    input_ids: Int[torch.Tensor, "b pos"]
-    labels: Int[torch.Tensor, "b pos"]
-    n_tokens: torch.Tensor  # real (non-pad) tokens, a device scalar: read only at log time
-    n_truncated: torch.Tensor  # examples cut by max_len
-
-    def to(self, device, non_blocking: bool = True) -> "MicroBatch":
-        return MicroBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
 # ============================================================================ examples
@@ -96,68 +88,6 @@ class ExampleTensors:
             return MicroBatch(self.input_ids[idx], self.labels[idx], lengths.sum(), torch.zeros_like(lengths[0]))
         return MicroBatch(self.input_ids[idx, cols], self.labels[idx, cols], lengths.clamp(max=max_len).sum(),
                           (lengths > max_len).sum())
-
-
-# ============================================================================ text windows
-@dataclass
-class WindowTensors:
-    """A text split as its token stream and window starts. Example `i` is
-    `[<bos>] + stream[starts[i] : starts[i] + window]`; every stream token is a target."""
-
-    stream: Union[torch.Tensor, "ShardStream"]  # (n_tokens,) long on the device, or shards on disk
-    starts: Int[torch.Tensor, "n"]
-    window: int
-    bos_id: Optional[int]
-
-    def __len__(self) -> int:
-        return self.starts.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.window + (self.bos_id is not None)
-
-    def to(self, device) -> "WindowTensors":
-        stream = self.stream if isinstance(self.stream, ShardStream) else self.stream.to(device)
-        return WindowTensors(stream, self.starts.to(device), self.window, self.bos_id)
-
-    def rows(self, idx: Int[torch.Tensor, "b"], max_len: Optional[int] = None) -> MicroBatch:
-        starts = self.starts[idx]
-        if isinstance(self.stream, ShardStream):
-            body = self.stream.gather(starts.cpu().numpy(), self.window)
-        else:
-            body = self.stream[starts[:, None] + torch.arange(self.window, device=starts.device)]
-        if self.bos_id is not None:
-            body = torch.cat([torch.full_like(body[:, :1], self.bos_id), body], dim=1)
-        labels = body.clone()
-        labels[:, 0] = IGNORE_INDEX  # the first token has no prediction before it
-        body, labels = body[:, :max_len], labels[:, :max_len]
-        truncated = int(max_len is not None and max_len < self.width) * body.shape[0]
-        return MicroBatch(body, labels, torch.tensor(body.numel()), torch.tensor(truncated))
-
-
-class ShardStream:
-    """Memory-mapped token shards read as one stream; windows never cross a shard boundary
-    (`window_starts` only yields starts that fit inside their shard)."""
-
-    def __init__(self, arrays: Sequence[np.ndarray]):
-        self.arrays = list(arrays)
-        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def window_starts(self, window: int, stride: int) -> np.ndarray:
-        parts = [np.arange(0, len(a) - window + 1, stride, dtype=np.int64) + off
-                 for a, off in zip(self.arrays, self.offsets) if len(a) >= window]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def gather(self, starts: np.ndarray, window: int) -> torch.Tensor:
-        shard = np.searchsorted(self.offsets, starts, side="right") - 1
-        rows = np.empty((len(starts), window), dtype=np.int64)
-        for r, (k, s) in enumerate(zip(shard, starts)):
-            local = s - self.offsets[k]
-            rows[r] = self.arrays[k][local : local + window]
-        return torch.from_numpy(rows)
 
 
 SplitTensors = Union[ExampleTensors, WindowTensors]
@@ -291,79 +221,6 @@ class TrainData:
     def close(self) -> None:
         if self._prefetch is not None:
             self._prefetch.close()
-
-
-# ============================================================================ token shards
-SHARD_FORMAT = "interp-token-shards"
-
-
-def shard_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def write_shards(out_dir: Path, split_ids: dict[str, Any], vocab_size: int, tokenizer: Any, task: dict,
-                 shard_tokens: int = 100_000_000) -> Path:
-    """Write each split's token ids (an iterable of id chunks) as `SPLIT_NNNN.bin` shards of at
-    most `shard_tokens` tokens, plus `meta.json` and `tokenizer.json`. Returns `out_dir`."""
-    from tqdm import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dtype = shard_dtype(vocab_size)
-    meta = {"format": SHARD_FORMAT, "version": 1, "dtype": dtype.name, "vocab_size": int(vocab_size),
-            "tokenizer": "tokenizer.json", "task": task, "splits": {}}
-    for split, chunks in split_ids.items():
-        files, total, k, fill, f = [], 0, 0, 0, None
-        bar = tqdm(desc=f"{split}", unit="tok", unit_scale=True, leave=False)
-        for chunk in chunks:
-            arr = np.asarray(chunk, dtype=np.int64)
-            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-                raise ValueError(f"token id out of range [0, {vocab_size}) in split {split!r}")
-            arr = arr.astype(dtype)
-            while arr.size:
-                if f is None or fill == shard_tokens:
-                    if f is not None:
-                        f.close()
-                    name = f"{split}_{k:04d}.bin"
-                    files.append({"file": name, "n_tokens": 0})
-                    f, fill, k = open(out_dir / name, "wb"), 0, k + 1
-                take = min(arr.size, shard_tokens - fill)
-                f.write(arr[:take].tobytes())
-                files[-1]["n_tokens"] += int(take)
-                fill += take
-                total += take
-                bar.update(int(take))
-                arr = arr[take:]
-        if f is not None:
-            f.close()
-        bar.close()
-        meta["splits"][split] = {"files": files, "n_tokens": total}
-    tokenizer.save(str(out_dir / "tokenizer.json"))
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out_dir
-
-
-def read_shards(shard_dir: Union[str, Path]) -> dict:
-    """meta.json of a shard directory, with every split's shards opened as read-only memmaps
-    under `meta["splits"][split]["arrays"]`."""
-    shard_dir = Path(shard_dir)
-    meta_file = shard_dir / "meta.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{shard_dir}: no meta.json; write token shards with `interp data prepare`")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != SHARD_FORMAT:
-        raise ValueError(f"{meta_file}: not an interp token-shard directory (format={meta.get('format')!r})")
-    dtype = np.dtype(meta["dtype"])
-    for split, info in meta["splits"].items():
-        arrays = []
-        for entry in info["files"]:
-            path = shard_dir / entry["file"]
-            expected = entry["n_tokens"] * dtype.itemsize
-            if not path.is_file() or path.stat().st_size != expected:
-                raise ValueError(f"{path}: missing or truncated shard (expected {expected} bytes)")
-            arrays.append(np.memmap(path, dtype=dtype, mode="r") if entry["n_tokens"] else np.zeros(0, dtype))
-        info["arrays"] = arrays
-    return meta
 
 
 def prepare_shards(config, out_dir: Union[str, Path], overrides: Sequence[str] = (),
