@@ -31,7 +31,7 @@ from jaxtyping import Bool, Float, Int
 from torch import nn
 
 from .config import ModelConfig
-from .hooks import HookPoint, observed
+from .hooks import HookPoint, observed, sync_hook_point, toggled_hook
 from .positions import Rotary, alibi_bias, alibi_slopes
 
 
@@ -217,16 +217,41 @@ class Attention(nn.Module):
                 v = v * self.v_mod(x).view(B, T, h, d)
         return q, k, v
 
+    def project_per_head(
+        self,
+        q_in: Float[torch.Tensor, "batch pos head d_model"],
+        k_in: Float[torch.Tensor, "batch pos kv_head d_model"],
+        v_in: Float[torch.Tensor, "batch pos kv_head d_model"],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v from a separate (normalised) input per head, as TransformerLens computes them
+        with `use_split_qkv_input` / `use_attn_in`: head h reads only its own copy."""
+        q = torch.einsum("bphm,hmd->bphd", q_in, self.W_Q) + self.b_Q
+        kv_bias = lambda lo: self._bias(lo * self.d_head, (lo + self.n_kv_heads) * self.d_head, self.n_kv_heads)
+        k = torch.einsum("bphm,hmd->bphd", k_in, self._W_K) + kv_bias(self.n_heads)
+        v = torch.einsum("bphm,hmd->bphd", v_in, self._W_V) + kv_bias(self.n_heads + self.n_kv_heads)
+        return q, k, v
+
+    def sync_hook_points(self) -> None:
+        """`hook_result` exists while `cfg.use_attn_result` is on (`set_use_attn_result`)."""
+        sync_hook_point(self, "hook_result", self.cfg.use_attn_result)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        x: Float[torch.Tensor, "batch pos d_model"],
+        x: Optional[Float[torch.Tensor, "batch pos d_model"]],
         ctx: AttnContext,
         xt: Optional[Float[torch.Tensor, "batch pos d_model"]] = None,
         kv: Optional[LayerKV] = None,
+        per_head: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
     ) -> Float[torch.Tensor, "batch pos d_model"]:
-        B, T, _ = x.shape
-        q, k, v = self.project(x, xt)
+        """`x` is ln1(resid); `per_head` = (q_in, k_in, v_in), each (batch, pos, head, d_model)
+        and normalised, replaces it when the block's per-head input hooks are on."""
+        if per_head is not None:
+            B, T = per_head[0].shape[:2]
+            q, k, v = self.project_per_head(*per_head)
+        else:
+            B, T, _ = x.shape
+            q, k, v = self.project(x, xt)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.rotary is not None:
             cos, sin = ctx.rope
@@ -244,6 +269,10 @@ class Attention(nn.Module):
         else:
             z = self._attend_fast(q, k, v, v_new, ctx)
         z = self.hook_z(z.transpose(1, 2))  # (b, p, h, d)
+        if self.cfg.use_attn_result:
+            # each head's write into the residual stream, (b, p, h, d_model); summed it is the output
+            result = toggled_hook(self, "hook_result", "set_use_attn_result")(torch.einsum("bphd,hdm->bphm", z, self.W_O))
+            return result.sum(2) + self.b_O
         z = z.reshape(B, T, self.n_heads * self.d_head)
         return self.out(z) if self.out is not None else z
 

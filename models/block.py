@@ -20,7 +20,7 @@ from torch import nn
 
 from .attention import Attention, AttnContext, LayerKV
 from .config import ModelConfig
-from .hooks import HookPoint, observed
+from .hooks import HookPoint, observed, sync_hook_point, toggled_hook
 from .mlp import MLP
 from .norm import make_norm
 
@@ -51,6 +51,46 @@ class Block(nn.Module):
             for name in ("xt_pre", "xt_mid", "xt_post", "xe_pre", "xe_mid", "xe_post"):
                 setattr(self, f"hook_{name}", HookPoint())
 
+    def sync_hook_points(self) -> None:
+        """TransformerLens's optional hook points exist while their toggle is on:
+        `hook_attn_in` (`cfg.use_attn_in`), `hook_q_input` / `hook_k_input` / `hook_v_input`
+        (`cfg.use_split_qkv_input`), `hook_mlp_in` (`cfg.use_hook_mlp_in`), `attn.hook_result`
+        (`cfg.use_attn_result`). Off (the default), the block runs exactly as without them."""
+        cfg = self.cfg
+        sync_hook_point(self, "hook_attn_in", cfg.use_attn_in)
+        for name in ("hook_q_input", "hook_k_input", "hook_v_input"):
+            sync_hook_point(self, name, cfg.use_split_qkv_input)
+        sync_hook_point(self, "hook_mlp_in", cfg.use_hook_mlp_in and self.mlp is not None)
+        self.attn.sync_hook_points()
+
+    def _attention(self, x: torch.Tensor, ctx: AttnContext, kv: Optional[LayerKV], xt=None):
+        """attn(ln1(x)) and ln1(x); with TL's per-head input hooks on, each head reads its own
+        copy of x (`hook_q_input` / `hook_k_input` / `hook_v_input`, or `hook_attn_in`, each
+        (batch, pos, head, d_model)) through ln1, and the shared ln1(x) is None."""
+        cfg = self.cfg
+        if not (cfg.use_split_qkv_input or cfg.use_attn_in):
+            h = self.ln1(x)
+            return self.attn(h, ctx, xt=xt, kv=kv), h
+        # cloned copies, as TL's repeat_along_head_dimension: an edit of one head stays in that head
+        heads = lambda n: x[:, :, None].expand(-1, -1, n, -1).clone()
+        if cfg.use_split_qkv_input:
+            hook = lambda name: toggled_hook(self, name, "set_use_split_qkv_input")
+            n_kv = cfg.n_kv_heads
+            q_in, k_in, v_in = (hook("hook_q_input")(heads(cfg.n_heads)), hook("hook_k_input")(heads(n_kv)),
+                                hook("hook_v_input")(heads(n_kv)))
+        else:
+            q_in = k_in = v_in = toggled_hook(self, "hook_attn_in", "set_use_attn_in")(heads(cfg.n_heads))
+        per_head = (self.ln1(q_in), self.ln1(k_in), self.ln1(v_in))
+        return self.attn(None, ctx, xt=xt, kv=kv, per_head=per_head), None
+
+    def _mlp_input(self, resid: torch.Tensor, norm: nn.Module, shared: Optional[torch.Tensor]) -> torch.Tensor:
+        """What the MLP reads: norm(resid), or `shared` (parallel blocks' ln1(resid_pre)) when
+        given; with `use_hook_mlp_in` the input goes through `hook_mlp_in` (batch, pos, d_model)
+        first, a copy, so an edit there changes the MLP's input only."""
+        if self.cfg.use_hook_mlp_in:
+            return norm(toggled_hook(self, "hook_mlp_in", "set_use_hook_mlp_in")(resid.clone()))
+        return shared if shared is not None else norm(resid)
+
     def forward(self, stream: Stream, ctx: AttnContext, kv: Optional[LayerKV] = None) -> Stream:
         if self.factored:
             return self._forward_factored(*stream, ctx, kv)
@@ -61,15 +101,15 @@ class Block(nn.Module):
     ) -> Float[torch.Tensor, "batch pos d_model"]:
         block = self.cfg.block
         x = self.hook_resid_pre(x)
-        h = self.ln1(x)
-        attn_out = self.hook_attn_out(self.drop(self.attn(h, ctx, kv=kv)))
+        attn_out, h = self._attention(x, ctx, kv)
+        attn_out = self.hook_attn_out(self.drop(attn_out))
         if self.mlp is None:
             return self.hook_resid_post(x + attn_out)
         if block == "sequential":
             x = self.hook_resid_mid(x + attn_out)
-            mlp_out = self.hook_mlp_out(self.drop(self.mlp(self.ln2(x))))
+            mlp_out = self.hook_mlp_out(self.drop(self.mlp(self._mlp_input(x, self.ln2, None))))
             return self.hook_resid_post(x + mlp_out)
-        mlp_out = self.hook_mlp_out(self.drop(self.mlp(h)))
+        mlp_out = self.hook_mlp_out(self.drop(self.mlp(self._mlp_input(x, self.ln1, h))))
         if block == "parallel":
             return self.hook_resid_post(x + attn_out + mlp_out)
         return self.hook_resid_post(attn_out + mlp_out)  # shaped: no skip connection
@@ -82,13 +122,16 @@ class Block(nn.Module):
         kv: Optional[LayerKV],
     ) -> Stream:
         xt, xe = self.hook_xt_pre(xt), self.hook_xe_pre(xe)
-        h = self.ln1(self._stream_view("resid_pre", xt + xe))
+        resid = self._stream_view("resid_pre", xt + xe)
+        h = self.ln1(resid)
         attn_out = self.hook_attn_out(self.drop(self.attn(h, ctx, xt=xt, kv=kv)))
         xt = self.hook_xt_mid(xt + attn_out)
         xe = self.hook_xe_mid(xe)
         if self.mlp is not None:
             if self.ln2 is not None:
-                h = self.ln2(self._stream_view("resid_mid", xt + xe))
+                h = self._mlp_input(self._stream_view("resid_mid", xt + xe), self.ln2, None)
+            else:
+                h = self._mlp_input(resid, self.ln1, h)
             xe = xe + self.hook_mlp_out(self.drop(self.mlp(h)))
         xt, xe = self.hook_xt_post(xt), self.hook_xe_post(xe)
         if observed(self.hook_resid_post):

@@ -119,6 +119,8 @@ class HookedTransformer(HookedRootModule):
         prepend_bos: Optional[bool] = None,
         last_position_only: bool = False,
         stop_at_layer: Optional[int] = None,
+        start_at_layer: Optional[int] = None,
+        tokens: Optional[Int[torch.Tensor, "batch pos"]] = None,
     ):
         """Run the model.
 
@@ -145,11 +147,30 @@ class HookedTransformer(HookedRootModule):
                 counts from the end; 0 runs the embeddings alone) and return the residual stream
                 (batch, pos, d_model) they leave (xt + xe on factored models). Hooks of the
                 blocks that ran fire; nothing after them is computed.
+            start_at_layer: as in TransformerLens: `input` is the residual stream entering block
+                `start_at_layer` (batch, pos, d_model), e.g. `cache["resid_pre", n]`, and only
+                blocks [start_at_layer, stop_at_layer) run (negative counts from the end; the
+                embeddings and their hooks are skipped). A factored-stream model needs both
+                streams: pass the tuple `(xt, xe)` (`cache["blocks.n.hook_xt_pre"]`,
+                `cache["blocks.n.hook_xe_pre"]`); their sum alone cannot be split back.
+                `attention_mask` / `position_ids` still apply; no KV cache.
+            tokens: TransformerLens's name for the targets of a loss computed from a residual
+                (`start_at_layer`); the same as `labels=`.
         """
         input, return_type = forward_arguments(input, input_ids, return_type, labels)
-        n_blocks = self._stop_layer(stop_at_layer)
+        if tokens is not None:
+            if labels is not None:
+                raise ValueError("tokens= is TransformerLens's name for labels=; pass one of them")
+            labels = tokens
+        n_blocks = self._layer_index("stop_at_layer", stop_at_layer)
         if n_blocks is not None and (return_type in ("loss", "both") or last_position_only):
             raise ValueError("stop_at_layer returns the residual stream; it gives no loss or last-position logits")
+        start = self._layer_index("start_at_layer", start_at_layer)
+        if start is not None:
+            return self._forward_from_layer(
+                input, start, n_blocks, return_type, labels, attention_mask, position_ids, past_kv_cache,
+                inputs_embeds, loss_per_token, last_position_only,
+            )
         if (input is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of tokens (input / input_ids=) and inputs_embeds=")
         if inputs_embeds is not None:
@@ -184,35 +205,87 @@ class HookedTransformer(HookedRootModule):
             x = x + self.hook_pos_embed(pos.expand(shape[0], -1, -1))
         x = self.drop(x)
         stream = (x, torch.zeros_like(x)) if self.cfg.stream == "factored" else (x, None)
-        for i, block in enumerate(self.blocks[:n_blocks]):
-            kv = past_kv_cache.layers[i] if past_kv_cache is not None else None
+        stream = self._run_blocks(stream, ctx, past_kv_cache, 0, n_blocks)
+        resid = stream[0] if stream[1] is None else stream[0] + stream[1]
+        return self._head(resid, n_blocks, return_type, tokens if labels is None else labels, attention_mask,
+                          loss_per_token, last_position_only)
+
+    def _run_blocks(self, stream, ctx: AttnContext, cache, start: int, stop: Optional[int]):
+        """Blocks [start, stop) (stop None: to the end) over `stream` = (resid or xt, xe or None)."""
+        stop = self.cfg.n_layers if stop is None else stop
+        for i in range(start, stop):
+            block = self.blocks[i]
+            kv = cache.layers[i] if cache is not None else None
             if self.cfg.checkpointed(i) and self.training and torch.is_grad_enabled():
                 stream = checkpoint(block, stream, ctx, kv, use_reentrant=False)
             else:
                 stream = block(stream, ctx, kv)
-        resid = stream[0] if stream[1] is None else stream[0] + stream[1]
+        return stream
+
+    def _head(self, resid, n_blocks, return_type, targets, attention_mask, loss_per_token, last_position_only):
+        """What `forward` returns from the residual the blocks left: itself (`stop_at_layer`),
+        logits, loss or both."""
         if n_blocks is not None:
             return resid
+        if targets is None and return_type in ("loss", "both"):
+            raise ValueError("a loss from a residual (start_at_layer) needs tokens= or labels=")
+        tokens = targets
         if last_position_only:
             resid = resid[:, -1:]
         if return_type == "loss":  # nobody sees the logits: the fused loss path
-            return self.loss_from_resid(resid, tokens if labels is None else labels, attention_mask, loss_per_token)
+            return self.loss_from_resid(resid, tokens, attention_mask, loss_per_token)
         logits = self.unembed_resid(self.ln_final(resid))
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
-        loss = self.loss_fn(logits, tokens if labels is None else labels, attention_mask, per_token=loss_per_token)
+        loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else Output(logits, loss)
 
-    def _stop_layer(self, stop_at_layer: Optional[int]) -> Optional[int]:
-        """How many blocks a forward with `stop_at_layer` runs (None: all, and unembed)."""
-        if stop_at_layer is None:
+    def _forward_from_layer(self, resid, start, n_blocks, return_type, labels, attention_mask, position_ids,
+                            past_kv_cache, inputs_embeds, loss_per_token, last_position_only):
+        """`forward(resid, start_at_layer=start)`: blocks [start, stop) on a given residual."""
+        if inputs_embeds is not None or past_kv_cache is not None:
+            raise ValueError("start_at_layer takes the residual stream as input; it combines with neither "
+                             "inputs_embeds= nor past_kv_cache=")
+        streams = resid if isinstance(resid, (tuple, list)) else (resid,)
+        want = 2 if self.cfg.stream == "factored" else 1
+        if len(streams) != want or not all(isinstance(t, torch.Tensor) for t in streams):
+            if want == 2:
+                raise ValueError(
+                    f"start_at_layer on a factored-stream model needs the tuple (xt, xe) entering block {start} "
+                    f"(cache['blocks.{start}.hook_xt_pre'], cache['blocks.{start}.hook_xe_pre']): the residual "
+                    f"xt + xe alone cannot be split back into the two streams")
+            raise ValueError(f"start_at_layer needs the residual stream entering block {start} as one "
+                             f"(batch, pos, d_model) tensor, got {type(resid).__name__}")
+        device = self.embed.weight.device
+        streams = tuple(t.to(device) for t in streams)
+        shape = streams[0].shape
+        for t in streams:
+            if t.ndim != 3 or t.shape != shape or t.shape[-1] != self.cfg.d_model:
+                raise ValueError(f"start_at_layer input must be (batch, pos, d_model={self.cfg.d_model}) "
+                                 f"per stream, got {[tuple(x.shape) for x in streams]}")
+        if last_position_only and return_type in ("loss", "both"):
+            raise ValueError("last_position_only=True gives logits for one position; it cannot give a loss")
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device).bool()
+            if attention_mask.shape != shape[:2]:
+                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input {tuple(shape[:2])}")
+        ctx = self.attn_context(shape[:2], device, attention_mask, position_ids, None)
+        stream = (streams[0], streams[1] if want == 2 else None)
+        stream = self._run_blocks(stream, ctx, None, start, n_blocks if n_blocks is None or n_blocks > start else start)
+        resid = stream[0] if stream[1] is None else stream[0] + stream[1]
+        return self._head(resid, n_blocks, return_type, labels, attention_mask, loss_per_token, last_position_only)
+
+    def _layer_index(self, name: str, layer: Optional[int]) -> Optional[int]:
+        """`stop_at_layer` / `start_at_layer` as a block index in [0, n_layers] (negative counts
+        from the end, as a Python slice bound does); None stays None."""
+        if layer is None:
             return None
         L = self.cfg.n_layers
-        if not isinstance(stop_at_layer, int) or not -L <= stop_at_layer <= L:
-            raise ValueError(f"stop_at_layer must be an int in [-{L}, {L}] for this {L}-layer model, got {stop_at_layer!r}")
-        return stop_at_layer % L if stop_at_layer < 0 else stop_at_layer
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer <= L:
+            raise ValueError(f"{name} must be an int in [-{L}, {L}] for this {L}-layer model, got {layer!r}")
+        return layer % L if layer < 0 else layer
 
     def unembed_resid(self, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         logits = F.linear(x, self.embed.weight) if self.unembed is None else self.unembed(x)
@@ -321,6 +394,57 @@ class HookedTransformer(HookedRootModule):
             return out, cache_dict
         return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live (= `cfg.device`; pyvene and nnsight read `model.device`)."""
+        return self.cfg.device
+
+    # TransformerLens's optional hooks. Each toggle adds its hook points (and removes them when
+    # switched off); off, the forward is exactly the default one, fused paths included.
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """`blocks.{i}.attn.hook_result` (batch, pos, head, d_model): each head's output
+        z_h @ W_O[h]; attn_out is their sum plus b_O."""
+        self._set_toggle("use_attn_result", use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """`blocks.{i}.hook_q_input` (batch, pos, head, d_model) and `hook_k_input` /
+        `hook_v_input` (batch, pos, kv_head, d_model): a copy of resid_pre per head, so an
+        edit reaches one head's query, key or value only."""
+        if use_split_qkv_input:
+            self._refuse_per_head_inputs("set_use_split_qkv_input")
+        self._set_toggle("use_split_qkv_input", use_split_qkv_input)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """`blocks.{i}.hook_attn_in` (batch, pos, head, d_model): a copy of resid_pre per head
+        that its query, key and value all read (with split qkv inputs on as well, those win)."""
+        if use_attn_in:
+            self._refuse_per_head_inputs("set_use_attn_in")
+            if self.cfg.n_kv_heads != self.cfg.n_heads:
+                raise ValueError(f"set_use_attn_in: this model groups {self.cfg.n_heads} query heads onto "
+                                 f"{self.cfg.n_kv_heads} key/value heads, so one input per query head does not "
+                                 "define the keys and values; use set_use_split_qkv_input (as TransformerLens)")
+        self._set_toggle("use_attn_in", use_attn_in)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """`blocks.{i}.hook_mlp_in` (batch, pos, d_model): the residual the MLP reads, before its
+        norm, as a copy, so an edit there changes the MLP's input only."""
+        if use_hook_mlp_in and self.cfg.attn_only:
+            raise ValueError("set_use_hook_mlp_in: this attention-only model has no MLPs")
+        self._set_toggle("use_hook_mlp_in", use_hook_mlp_in)
+
+    def _refuse_per_head_inputs(self, name: str) -> None:
+        kind = self.blocks[0].attn.kind if len(self.blocks) else "standard"
+        if kind != "standard":
+            why = "are read from the xt stream" if kind == "factored" else "are ln1(resid) itself (identity weights)"
+            raise NotImplementedError(f"{name}: in this {kind} model the values {why}, not a per-head linear map "
+                                      "of ln1(resid), so per-head attention inputs are not defined")
+
+    def _set_toggle(self, flag: str, on: bool) -> None:
+        setattr(self.cfg, flag, bool(on))
+        for block in self.blocks:
+            block.sync_hook_points()
+        self.setup()
+
     def set_tokenizer(self, tokenizer: Any) -> None:
         """Attach a tokenizer with `encode(str) -> list[int]` and `decode(list[int]) -> str`
         (ours from `interp.tokenizers`, or any HF tokenizer)."""
@@ -353,10 +477,25 @@ class HookedTransformer(HookedRootModule):
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         return tok.decode(ids)
 
-    def to_str_tokens(self, input: Union[str, torch.Tensor], prepend_bos: Optional[bool] = None) -> list[str]:
-        tokens = self.to_tokens(input, prepend_bos=prepend_bos)[0] if isinstance(input, str) else input.flatten()
+    def to_str_tokens(
+        self, input: Union[str, torch.Tensor, Sequence], prepend_bos: Optional[bool] = None
+    ) -> Union[list[str], list[list[str]]]:
+        """Each token as its string, TransformerLens style: a text (tokenized first), a 1-d token
+        tensor or list of ids, or a (1, pos) tensor; a list of texts gives a list of lists."""
         tok = self._need_tokenizer()
-        return [tok.decode([int(t)]) for t in tokens]
+        if isinstance(input, (list, tuple)) and input and not isinstance(input[0], (int, torch.Tensor)):
+            return [self.to_str_tokens(x, prepend_bos=prepend_bos) for x in input]
+        if isinstance(input, str):
+            ids = self.to_tokens(input, prepend_bos=prepend_bos)[0].tolist()
+        else:
+            t = torch.as_tensor(input)
+            if t.ndim == 2 and t.shape[0] == 1:
+                t = t[0]
+            if t.ndim > 1:
+                raise ValueError(f"to_str_tokens takes one sequence; got a tensor of shape {tuple(t.shape)} "
+                                 "(pass its rows one at a time)")
+            ids = t.reshape(-1).tolist()
+        return [tok.decode([int(i)]) for i in ids]
 
     def to_single_token(self, string: str) -> int:
         ids = _encode(self._need_tokenizer(), string)

@@ -252,3 +252,208 @@ def test_full_resid_decomposition(run):
         if model.cfg.block == "sequential":
             p = cache.get_full_resid_decomposition(layer=l, mlp_input=True, expand_neurons=False)
             torch.testing.assert_close(p.sum(0), cache["resid_mid", l], **TOL)
+
+
+# ------------------------------------------------------------------ TL forward / hook API parity
+# TransformerLens's own tests check these on its HookedTransformer (start/stop_at_layer, the four
+# hook toggles); the same checks on ours, every preset. tests/test_export_tl.py compares the
+# toggled hooks value for value with TL's model itself.
+from conftest import PRESETS  # noqa: E402
+
+STANDARD = [p for p in PRESETS if p not in ("factored", "factored-alibi", "sasp")]
+
+
+def _stream_at(model, cache, layer):
+    """What start_at_layer=layer takes: resid_pre, or (xt, xe) on factored models."""
+    if model.cfg.stream == "factored":
+        return cache[f"blocks.{layer}.hook_xt_pre"], cache[f"blocks.{layer}.hook_xe_pre"]
+    return cache["resid_pre", layer]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_start_at_layer_continues_the_forward(name):
+    model = tiny(name, n_layers=3)
+    toks = tokens(2, 8)
+    logits, cache = model.run_with_cache(toks)
+    L = model.cfg.n_layers
+    for start in range(-L, L):
+        n = start % L
+        torch.testing.assert_close(model(_stream_at(model, cache, n), start_at_layer=start), logits, **TOL)
+    # start + stop: blocks [start, stop) map resid_pre[start] to resid_pre[stop]
+    mid = model(_stream_at(model, cache, 0), start_at_layer=0, stop_at_layer=2)
+    torch.testing.assert_close(mid, cache["resid_pre", 2], **TOL)
+    # start == n_layers runs no block: the unembedding of the final residual
+    final = cache["resid_post", L - 1]
+    if model.cfg.stream == "factored":
+        final = (cache[f"blocks.{L - 1}.hook_xt_post"], cache[f"blocks.{L - 1}.hook_xe_post"])
+    torch.testing.assert_close(model(final, start_at_layer=L), logits, **TOL)
+    # a loss needs the tokens (TL's tokens=), and equals the full forward's
+    loss = model(_stream_at(model, cache, 1), start_at_layer=1, return_type="loss", tokens=toks)
+    torch.testing.assert_close(loss, model(toks, return_type="loss"), **TOL)
+    with pytest.raises(ValueError, match="needs tokens= or labels="):
+        model(_stream_at(model, cache, 1), start_at_layer=1, return_type="loss")
+
+
+def test_start_at_layer_with_padding_and_hooks_of_earlier_layers():
+    model = tiny("math-compact", n_layers=3)
+    toks = tokens(2, 8)
+    mask = torch.ones_like(toks, dtype=torch.bool)
+    mask[1, :3] = False  # left padding: positions and key masks still apply
+    logits, cache = model.run_with_cache(toks, attention_mask=mask)
+    out, late = model.run_with_cache(cache["resid_pre", 2], start_at_layer=2, attention_mask=mask)
+    torch.testing.assert_close(out[mask], logits[mask], **TOL)
+    assert "blocks.2.hook_resid_pre" in late and "blocks.1.hook_resid_post" not in late
+    assert "hook_embed" not in late  # the embeddings did not run
+    torch.testing.assert_close(late["blocks.2.attn.hook_pattern"], cache["blocks.2.attn.hook_pattern"], **TOL)
+
+
+def test_start_at_layer_refusals():
+    fac = tiny("factored")
+    _, cache = fac.run_with_cache(tokens(1, 5))
+    with pytest.raises(ValueError, match=r"\(xt, xe\).*cannot be split back"):
+        fac(cache["resid_pre", 1], start_at_layer=1)
+    model = tiny("vanilla")
+    x = torch.zeros(1, 5, model.cfg.d_model)
+    with pytest.raises(ValueError, match="start_at_layer must be an int in \\[-2, 2\\]"):
+        model(x, start_at_layer=3)
+    with pytest.raises(ValueError, match="d_model=64"):
+        model(torch.zeros(1, 5, 3), start_at_layer=1)
+    with pytest.raises(ValueError, match="neither inputs_embeds"):
+        model(x, start_at_layer=1, past_kv_cache=object())
+
+
+def test_device_properties():
+    model = tiny("vanilla")
+    assert model.device == torch.device("cpu") == model.cfg.device
+    model.to(torch.float64)
+    assert model.cfg.dtype == torch.float64 and model.device.type == "cpu"
+
+
+TOGGLES = {
+    "set_use_attn_result": ["blocks.{i}.attn.hook_result"],
+    "set_use_split_qkv_input": ["blocks.{i}.hook_q_input", "blocks.{i}.hook_k_input", "blocks.{i}.hook_v_input"],
+    "set_use_attn_in": ["blocks.{i}.hook_attn_in"],
+    "set_use_hook_mlp_in": ["blocks.{i}.hook_mlp_in"],
+}
+
+
+@pytest.mark.parametrize("name", STANDARD)
+@pytest.mark.parametrize("toggle", list(TOGGLES))
+def test_hook_toggles_change_nothing_but_add_their_hooks(name, toggle):
+    model = tiny(name)
+    if toggle == "set_use_attn_in" and model.cfg.n_kv_heads != model.cfg.n_heads:
+        with pytest.raises(ValueError, match="set_use_split_qkv_input"):
+            model.set_use_attn_in(True)
+        return
+    toks = tokens(2, 7)
+    ref, ref_cache = model.run_with_cache(toks)
+    names = [n.format(i=i) for n in TOGGLES[toggle] for i in range(model.cfg.n_layers)]
+    assert not any(n in model.hook_dict for n in names)
+    getattr(model, toggle)(True)
+    logits, cache = model.run_with_cache(toks)
+    torch.testing.assert_close(logits, ref, **TOL)
+    H, Hkv, d = model.cfg.n_heads, model.cfg.n_kv_heads, model.cfg.d_model
+    for i in range(model.cfg.n_layers):
+        pre = ref_cache["resid_pre", i]
+        if toggle == "set_use_attn_result":
+            result = cache[f"blocks.{i}.attn.hook_result"]
+            assert result.shape == (2, 7, H, d)
+            torch.testing.assert_close(result.sum(2) + model.blocks[i].attn.b_O, ref_cache["attn_out", i], **TOL)
+            # TL's stack_head_results reads hook_result when it is cached
+            torch.testing.assert_close(result, torch.einsum("bphd,hdm->bphm", ref_cache["z", i], model.W_O[i]), **TOL)
+        elif toggle == "set_use_split_qkv_input":
+            for kind, n in (("q", H), ("k", Hkv), ("v", Hkv)):
+                x = cache[f"blocks.{i}.hook_{kind}_input"]
+                assert x.shape == (2, 7, n, d)
+                torch.testing.assert_close(x, pre[:, :, None].expand(-1, -1, n, -1))
+            # ln1 runs on each head's copy, as in TL (the cache keeps its last call: the values';
+            # a parallel block's MLP then reads ln1(resid_pre) once more)
+            if model.cfg.block == "sequential":
+                assert cache[f"blocks.{i}.ln1.hook_scale"].shape == (2, 7, Hkv, 1)
+        elif toggle == "set_use_attn_in":
+            torch.testing.assert_close(cache[f"blocks.{i}.hook_attn_in"], pre[:, :, None].expand(-1, -1, H, -1))
+        else:
+            want = ref_cache["resid_mid", i] if model.cfg.block == "sequential" else pre
+            torch.testing.assert_close(cache[f"blocks.{i}.hook_mlp_in"], want)
+        for kind in ("q", "k", "v", "z", "pattern"):
+            torch.testing.assert_close(cache[kind, i], ref_cache[kind, i], **TOL)
+    getattr(model, toggle)(False)
+    assert not any(n in model.hook_dict for n in names)
+    torch.testing.assert_close(model(toks), ref)
+    assert model.blocks[0].attn.last_path == "sdpa"  # off again: the fused path
+
+
+def test_split_qkv_input_edits_reach_one_head():
+    """TL's point of the toggle: patch one head's query input and only that head's q moves."""
+    model = tiny("llama-like")
+    model.set_use_split_qkv_input(True)
+    toks = tokens(1, 6)
+    _, clean = model.run_with_cache(toks)
+
+    def bump(x, hook):
+        x[:, :, 2] += 1.0
+        return x
+
+    with model.hooks(fwd_hooks=[("blocks.1.hook_q_input", bump)]):
+        _, cache = model.run_with_cache(toks)
+    q, q0 = cache["q", 1], clean["q", 1]
+    assert not torch.allclose(q[:, :, 2], q0[:, :, 2])
+    others = [h for h in range(model.cfg.n_heads) if h != 2]
+    torch.testing.assert_close(q[:, :, others], q0[:, :, others])
+    torch.testing.assert_close(cache["k", 1], clean["k", 1])
+    # hook_k_input is per key/value head (GQA): bumping kv head 0 moves the keys of that head only
+    with model.hooks(fwd_hooks=[("blocks.0.hook_k_input", lambda x, hook: x + 1.0)]):
+        _, cache = model.run_with_cache(toks)
+    assert not torch.allclose(cache["k", 0], clean["k", 0])
+    torch.testing.assert_close(cache["q", 0], clean["q", 0])
+
+
+def test_hook_mlp_in_edit_changes_the_mlp_only():
+    model = tiny("vanilla")
+    model.set_use_hook_mlp_in(True)
+    toks = tokens(1, 6)
+    _, clean = model.run_with_cache(toks)
+    with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_in", lambda x, hook: x * 0)]):
+        _, cache = model.run_with_cache(toks)
+    torch.testing.assert_close(cache["resid_mid", 0], clean["resid_mid", 0])  # the stream itself is untouched
+    assert not torch.allclose(cache["mlp_out", 0], clean["mlp_out", 0])
+
+
+def test_toggle_refusals():
+    for name in ("factored", "sasp"):
+        with pytest.raises(NotImplementedError, match="per-head attention inputs are not defined"):
+            tiny(name).set_use_split_qkv_input(True)
+    with pytest.raises(ValueError, match="attention-only"):
+        tiny("vanilla", attn_only=True).set_use_hook_mlp_in(True)
+    model = tiny("vanilla")
+    model.cfg.use_attn_result = True  # flipped by hand, as some TL code does
+    with pytest.raises(RuntimeError, match=r"call model.set_use_attn_result\(True\)"):
+        model(tokens(1, 4))
+    model.cfg.use_attn_result = False
+    # attn_result and mlp_in are defined on factored / shaped models too
+    for name in ("factored", "sasp"):
+        m = tiny(name)
+        ref = m(tokens(1, 5))
+        m.set_use_attn_result(True)
+        m.set_use_hook_mlp_in(True)
+        logits, cache = m.run_with_cache(tokens(1, 5))
+        torch.testing.assert_close(logits, ref, **TOL)
+        torch.testing.assert_close(cache["blocks.0.attn.hook_result"].sum(2), cache["attn_out", 0], **TOL)
+
+
+def test_str_token_helpers():
+    model = tiny("vanilla")
+    model.set_tokenizer(CharTokenizer())
+    model.cfg.default_prepend_bos = False
+    assert model.to_str_tokens("abc") == ["a", "b", "c"]
+    assert model.to_str_tokens(torch.tensor([[1, 2]])) == ["a", "b"]
+    assert model.to_str_tokens([1, 2, 3]) == ["a", "b", "c"]
+    assert model.to_str_tokens(["ab", "c"]) == [["a", "b"], ["c"]]
+    with pytest.raises(ValueError, match="one sequence"):
+        model.to_str_tokens(torch.ones(2, 3, dtype=torch.long))
+    assert model.to_single_token("z") == 26
+    with pytest.raises(ValueError, match="not one"):
+        model.to_single_token("ab")
+    dirs = model.tokens_to_residual_directions(torch.tensor([1, 2]))
+    assert dirs.shape == (2, model.cfg.d_model)
+    torch.testing.assert_close(model.tokens_to_residual_directions("a"), dirs[0])
