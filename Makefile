@@ -5,6 +5,8 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PORT        ?= 8501
 CKPT        ?=
+HOST        ?= 127.0.0.1
+ALLOW_ROOT  ?=
 
 .PHONY: install test explore bench clean browser-deps
 
@@ -29,8 +31,10 @@ browser-deps:
 test: install browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# HOST=0.0.0.0 shares the explorer with whoever can reach PORT; ALLOW_ROOT=DIR opens checkpoints under DIR too.
 explore: install
-	$(VENV)/bin/streamlit run app/explorer.py --server.port $(PORT) --server.headless true -- $(if $(CKPT),--ckpt $(CKPT),)
+	$(VENV)/bin/streamlit run app/explorer.py --server.address $(HOST) --server.port $(PORT) --server.headless true \
+	  --browser.gatherUsageStats false -- $(if $(CKPT),--ckpt $(CKPT),) $(foreach r,$(ALLOW_ROOT),--allow-root $(r))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,10 +1,13 @@
 """interp explorer: attention, streams, logit lens, step-by-step generation, checkpoint
 comparison and training curves for a trained checkpoint, in one URL-backed view.
 
-    streamlit run app/explorer.py -- [--ckpt DIR_OR_NAME]        (or `make explore`)
+    streamlit run app/explorer.py -- [--ckpt DIR_OR_NAME] [--allow-root DIR]   (or `make explore`)
 
 Checkpoints and runs are found under `$INTERP_CHECKPOINT_ROOT` (default `data/checkpoints`
-and `data/runs`, see app/data/discovery.py); `shakespeare_factored_alibi` opens first when present.
+and `data/runs`) and each `--allow-root DIR`; only directories under those, the repository's
+data/ and runs/ and the `--ckpt` given can be opened (app/data/discovery.py).
+`shakespeare_factored_alibi` opens first when present. Served on 127.0.0.1 with usage
+statistics off (.streamlit/config.toml; `interp explore --host` to share).
 The whole view (checkpoint, step, page, prompt, layer, head, position, options) lives in the
 URL (app/state.py); pages are modules in app/views/.
 """
@@ -133,6 +136,10 @@ def main() -> None:
     view = state.View.from_url()
     sb = st.sidebar
     sb.title("interp explorer")
+    address = st.get_option("server.address")
+    if address and address not in ("127.0.0.1", "localhost", "::1"):  # --host / HOST= chose to share it
+        sb.caption(f"Shared on `{address}`: whoever reaches this port can open the checkpoints under "
+                   f"{', '.join(f'`{r}`' for r in data.allowed_roots())}.")
     nav = sb.container()
     notes = st.container()
     picked = pick_checkpoint(view, sb)

@@ -87,7 +87,8 @@ def eval_(
     generate: int = typer.Option(64, "--generate", help="Examples for greedy exact-match accuracy (0: skip)."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """Evaluate a checkpoint on its own task; prints JSON metrics."""
+    """Evaluate a checkpoint on its own task; prints JSON metrics. Coconut-trainer checkpoints
+    (coconut, pause, cot, no_cot) answer the way they were trained, and say so."""
     from interp.checkpoint import CheckpointError
     from interp.training import TrainConfigError, evaluate_checkpoint
 
@@ -96,6 +97,8 @@ def eval_(
                                       n_generate=generate)
     except (TrainConfigError, CheckpointError) as e:
         _fail(str(e))
+    if "evaluated_as" in metrics:  # a Coconut-trainer checkpoint: say how it was run
+        typer.echo(f"evaluated as trained: {metrics['evaluated_as']}", err=True)
     typer.echo(json.dumps(_json_safe(metrics), indent=2))
 
 
@@ -163,16 +166,22 @@ def presets(
 def explore(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint to open (default: the app's shipped one)."),
     port: Optional[int] = typer.Option(None, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. The default serves this machine "
+                             "only; 0.0.0.0 shares the explorer with everyone who can reach the port."),
+    allow_root: List[Path] = typer.Option([], "--allow-root", help="Also list and open checkpoints under DIR "
+                                          "(repeatable; by default only data/ and runs/)."),
 ) -> None:
-    """Open the Streamlit explorer (app/explorer.py)."""
+    """Open the Streamlit explorer (app/explorer.py), on 127.0.0.1 unless --host says otherwise."""
     app_file = REPO_ROOT / "app" / "explorer.py"
     if not app_file.exists():
         _fail(f"{app_file} not found: the explorer app is not installed in this checkout")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file)]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
+           "--browser.gatherUsageStats", "false"]
     if port is not None:
         cmd += ["--server.port", str(port)]
-    if ckpt is not None:
-        cmd += ["--", "--ckpt", str(ckpt)]
+    args = (["--ckpt", str(ckpt)] if ckpt is not None else []) + [a for r in allow_root for a in ("--allow-root", str(r))]
+    if args:
+        cmd += ["--", *args]
     try:
         code = subprocess.run(cmd).returncode
     except KeyboardInterrupt:

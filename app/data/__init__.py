@@ -29,7 +29,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/explorer.py` from anywh
 
 from .errors import AppError, Unsupported  # noqa: E402
 from .discovery import (  # noqa: E402
-    DEFAULT_ROOTS, ENV_ROOT, PREFERRED, STEP_DIR, STEP_MASKING_TRIO, check_dir,
+    DEFAULT_ROOTS, ENV_ROOT, PREFERRED, STEP_DIR, STEP_MASKING_TRIO, allowed, allowed_roots, check_dir,
     checkpoint_roots, cli_ckpt, default_name, discover, run_steps,
 )
 from .runs import Run, metric_series, run_of  # noqa: E402
