@@ -95,9 +95,10 @@ class Group:
             parts = [torch.empty_like(a) for _ in range(self.world)]
             dist.all_gather(parts, a.contiguous())
             out[name] = torch.cat(parts)
-        parts = [torch.empty_like(mask) for _ in range(self.world)]
-        dist.all_gather(parts, mask.contiguous())
-        return out, torch.cat(parts)
+        m = mask.to(torch.uint8).contiguous()  # (gloo has no bool collectives)
+        parts = [torch.empty_like(m) for _ in range(self.world)]
+        dist.all_gather(parts, m)
+        return out, torch.cat(parts).bool()
 
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         """ddp: gradients averaged over processes, in one all-reduce."""

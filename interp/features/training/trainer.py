@@ -268,7 +268,11 @@ class FeaturesTrainer:
                 m.since.add_(self.t["batch_tokens"]).masked_fill_(active, 0)
                 x_hat = out.x_hat.float()
                 sse = (x_out - x_hat).pow(2).sum()
-                var = (x_out - x_out.mean(0)).pow(2).sum()
+                if g.mode == "ddp":  # the global batch's variance, from the summed moments
+                    moments = g.sum(torch.cat([x_out.sum(0), x_out.pow(2).sum().view(1)]))
+                    var = moments[-1] - moments[:-1].pow(2).sum() / self.t["batch_tokens"]
+                else:
+                    var = (x_out - x_out.mean(0)).pow(2).sum()
                 parts = [out.parts[k].float() for k in m.parts]
                 m.acc.add_(torch.stack([out.loss.detach().float(), *parts, out.l0.float(), sse, var]))
 
@@ -396,8 +400,9 @@ class FeaturesTrainer:
         rows = []
         for m in self.members:
             acc = g.sum(m.acc)
-            if g.mode == "ddp":  # means over processes; the error and variance sums stay sums
+            if g.mode == "ddp":  # means over processes; the squared-error sum stays a sum; the variance is global
                 acc[: len(m.parts) + 2] /= g.world
+                acc[-1] /= g.world
             values = acc.tolist()
             m.acc.zero_()
             x = batch[m.cfg.hook_name][:1024].float()
@@ -413,7 +418,7 @@ class FeaturesTrainer:
                          "dead_fraction": float(dead), "dense_fraction": float(dense),
                          "lr": lr_at(step - 1, m.schedule), "tokens_seen": self.tokens_seen,
                          "tokens_per_s": n_steps * self.t["batch_tokens"] / max(seconds, 1e-9)})
-        gathered = g.collect(rows)
+        gathered = g.collect(rows) if g.mode == "dictionaries" else [rows]  # (ddp: every process has them all)
         if not g.is_main:
             return
         rows = sorted((r for part in gathered for r in part), key=lambda r: list(self.configs).index(r["dictionary"]))
@@ -427,18 +432,21 @@ class FeaturesTrainer:
         """This process's dictionaries' exact state, on the CPU."""
         out = {}
         for m in self.members:
+            # ddp: the window's sums over processes, shared out again, so that the sum over
+            # processes at the next log is what it would have been without the pause
+            window = self.group.sum(m.acc) / self.group.world if self.group.mode == "ddp" else m.acc.clone()
             opt = m.optimizer.state_dict()
             for group in opt["param_groups"]:
                 if torch.is_tensor(group.get("lr")):
                     group["lr"] = float(group["lr"])
             out[m.name] = {"weights": {k: v.detach().cpu().clone() for k, v in m.sae.state_dict().items()},
-                           "optimizer": _to_cpu(opt), "since": m.since.cpu().clone(), "window": m.acc.cpu().clone()}
+                           "optimizer": _to_cpu(opt), "since": m.since.cpu().clone(), "window": window.cpu()}
         return out
 
     def save(self, step: int) -> Optional[Path]:
         if not self.persist:
             return None
-        states = self.group.collect(self._member_state())
+        states = self.group.collect(self._member_state()) if self.group.mode == "dictionaries" else [self._member_state()]
         path = None
         if self.persist and self.group.is_main:
             merged = {name: s for part in states for name, s in part.items()}
