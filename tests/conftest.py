@@ -60,3 +60,4 @@ def preset_name(request) -> str:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "clients: runs a peer library in its own virtualenv (skipped when it is missing)")
