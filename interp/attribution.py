@@ -39,7 +39,7 @@ from .cache import cached
 from .lens import next_token_targets
 from .patching import PatchResult, act_hook_names
 from .patching.engine import prepare
-from .patching.metrics import metric_name
+from .patching.metrics import metric_name, resolve
 from .patching.result import labelled
 from .patching.sites import kind_of, site_grid
 
@@ -274,8 +274,9 @@ def attribution_patching(
     one backward on the base prompts, one forward on the source prompts.
 
     Args:
-        metric: a `patching.Metric` or a callable logits (batch, pos, d_vocab) -> (batch,) or a
-            scalar (differentiable). Per-prompt values (`reduce="none"`) need a (batch,) metric.
+        metric: a `patching.Metric`, a name (as in `activation_patching`), or a callable
+            logits (batch, pos, d_vocab) -> (batch,) or a scalar (differentiable). Per-prompt
+            values (`reduce="none"`) need a (batch,) metric.
         acts: activation kinds (see `interp.patching`); acts a model lacks are refused.
         by: None (each act's default split), one split for all, or {act: split}.
         direction, attention_mask, reduce, pos_labels: as in `activation_patching`.
@@ -289,6 +290,8 @@ def attribution_patching(
         raise ValueError("attribution_patching takes one metric (each needs its own backward pass)")
     base, source, mask = prepare(model, clean, corrupted, attention_mask, direction)
     B, T = base.shape
+    clean, corrupted = (source, base) if direction == "denoise" else (base, source)
+    metric = resolve(metric, model, clean, corrupted, mask)
     L = model.cfg.n_layers
     splits = {a: (by.get(a) if isinstance(by, dict) else by) for a in acts}
     grids = {a: site_grid(model, a, splits[a], T, None, None, None) for a in acts}

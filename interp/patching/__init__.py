@@ -34,7 +34,11 @@ equal one forward per site (TL's `transformer_lens.patching`), tested in fp32 to
 `logprob`, `prob`, `loss`) are `Metric`s: they take logits (*sites, batch, pos, d_vocab) and
 return (*sites, batch), so one call scores a whole chunk. Any other callable is TL's
 contract: logits (batch, pos, d_vocab) -> a scalar or a (batch,) tensor, called per site.
-A mapping name -> metric scores several metrics on the same forwards (a leading metric axis).
+A name builds the built-in from the unpatched runs at each prompt's last real position
+(`metrics.from_name`): `"loss"` is the clean prompts' next-token loss, `"logprob"` / `"prob"`
+score the clean run's top-1 token, `"logit_diff"` the clean run's top-1 minus the corrupted
+run's (refused, with the recipe, where both runs predict the same token). A mapping
+name -> metric scores several metrics on the same forwards (a leading metric axis).
 
 Layout: `metrics` (the metric contract and built-ins), `sites` (what a patch site is, hook
 names, masks), `engine` (the base run that stacked runs start from, chunking, hooks),

@@ -17,7 +17,7 @@ from .engine import (
     splice_hook,
     where_hook,
 )
-from .metrics import as_metrics, evaluate, metric_end
+from .metrics import as_metrics, evaluate, metric_end, resolve
 from .result import PatchResult, labelled
 from .sites import (
     Progress,
@@ -55,7 +55,9 @@ def activation_patching(
 
     Args:
         clean, corrupted: (batch, pos) token ids of the same shape.
-        metric: a `Metric`, a TL-style callable, or a mapping name -> metric (module docstring).
+        metric: a `Metric`, a TL-style callable, a name ("logit_diff", "logprob", "prob",
+            "loss": built from the unpatched runs, see `metrics.from_name`), or a mapping
+            name -> any of these (module docstring).
         act, by: what to patch and how to split it (module docstring); `by=None` takes the
             first choice (`"pos"` for stream acts, `"head"` for z/q/k/v/pattern).
         direction: "denoise" (patch clean into corrupted) or "noise" (corrupted into clean).
@@ -79,7 +81,8 @@ def activation_patching(
         raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
     base, source, mask = prepare(model, clean, corrupted, attention_mask, direction)
     B, T = base.shape
-    metrics, many = as_metrics(metric)
+    clean, corrupted = (source, base) if direction == "denoise" else (base, source)
+    metrics, many = as_metrics(resolve(metric, model, clean, corrupted, mask))
     per_example = reduce == "none"
     sites = site_grid(model, act, by, T, layers, positions, heads)
     site_layers = sorted(set(sites.layer.tolist()))

@@ -1,5 +1,6 @@
 """What a metric is: a function of the logits, one number per prompt; the built-ins are
-batched over stacked patch sites and say which positions they read."""
+batched over stacked patch sites and say which positions they read, and can be asked for by
+name (`from_name`: tokens read off the unpatched clean and corrupted runs)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,67 @@ def as_metrics(metric) -> tuple[dict, bool]:
             raise ValueError("metric mapping is empty")
         return dict(metric), True
     return {metric_name(metric): metric}, False
+
+
+# ============================================================================ metrics by name
+NAMES = ("logit_diff", "logprob", "prob", "loss")
+HOW = ("build one: interp.patching.logit_diff(answer=ids, wrong=ids, pos=-1), "
+       "interp.patching.logprob(target=ids, pos=-1), interp.patching.prob(target=ids, pos=-1), "
+       "interp.patching.loss(tokens, attention_mask), or any callable logits (batch, pos, d_vocab) -> (batch,)")
+
+
+def last_positions(attention_mask: Optional[torch.Tensor], T: int):
+    """The last real position of every prompt: -1 unpadded, else (batch,) from the mask."""
+    if attention_mask is None:
+        return -1
+    return (attention_mask.long() * torch.arange(T, device=attention_mask.device)).amax(-1).cpu()
+
+
+@torch.no_grad()
+def from_name(name: str, model, clean: torch.Tensor, corrupted: torch.Tensor,
+              attention_mask: Optional[torch.Tensor] = None) -> Metric:
+    """The built-in metric `name`, its tokens read off the unpatched runs at each prompt's
+    last real position:
+
+    * `"loss"`: `loss(clean, attention_mask)`, the clean prompts' next-token loss;
+    * `"logprob"` / `"prob"`: of the token the clean run predicts (its top-1);
+    * `"logit_diff"`: the clean run's top-1 minus the corrupted run's top-1 (refused for a
+      prompt where both runs predict the same token: give `answer`/`wrong` yourself).
+    """
+    if name not in NAMES:
+        raise ValueError(f"unknown metric {name!r}: the names are {list(NAMES)}; or {HOW}")
+    if name == "loss":
+        return loss(clean, attention_mask)
+    T = clean.shape[-1]
+    pos = last_positions(attention_mask, T)
+    rows = torch.arange(clean.shape[0])
+    at = pos if isinstance(pos, int) else pos.to(clean.device)
+
+    def top1(tokens):
+        return model(tokens, attention_mask=attention_mask)[rows.to(tokens.device), at].argmax(-1).cpu()
+
+    answer = top1(clean)
+    if name == "logprob":
+        return logprob(answer, pos)
+    if name == "prob":
+        return prob(answer, pos)
+    wrong = top1(corrupted)
+    same = (answer == wrong).nonzero().flatten().tolist()
+    if same:
+        raise ValueError(f"metric 'logit_diff' by name compares the clean and the corrupted run's top-1 token, but "
+                         f"both runs predict the same token for prompt(s) {same}; say which tokens to compare: "
+                         "interp.patching.logit_diff(answer=ids, wrong=ids, pos=-1)")
+    return logit_diff(answer, wrong, pos)
+
+
+def resolve(metric, model, clean: torch.Tensor, corrupted: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+    """`metric` with names (alone or as a mapping's values) built by `from_name`; anything
+    else that is not callable is refused with how to build a metric."""
+    if isinstance(metric, Mapping):
+        return {k: resolve(m, model, clean, corrupted, attention_mask) for k, m in metric.items()}
+    if isinstance(metric, str):
+        return from_name(metric, model, clean, corrupted, attention_mask)
+    if not callable(metric):
+        raise ValueError(f"metric must be a name {list(NAMES)}, a callable or a mapping of them, got "
+                         f"{type(metric).__name__} {metric!r}; {HOW}")
+    return metric

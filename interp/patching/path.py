@@ -17,7 +17,7 @@ from .engine import (
     rows_per_forward,
     where_hook,
 )
-from .metrics import as_metrics, evaluate, metric_end
+from .metrics import as_metrics, evaluate, metric_end, resolve
 from .result import PatchResult, labelled
 from .sites import Head, Progress
 
@@ -64,6 +64,7 @@ def path_patching(
          the metric is read.
 
     Args:
+        metric: as in `activation_patching` (a `Metric`, a callable, a name, or a mapping).
         receivers: (layer, head) pairs, patched together.
         receiver_input: any of "q", "k", "v" (a string like "qk" or a list).
         senders: (layer, head) pairs, one site each; default: every head below the last
@@ -96,7 +97,8 @@ def path_patching(
         raise ValueError(f"senders {bad} do not sit below any receiver (receiver layers {sorted({l for l, _ in receivers})})")
     base, source, mask = prepare(model, clean, corrupted, attention_mask, direction)
     B, T = base.shape
-    metrics, many = as_metrics(metric)
+    clean, corrupted = (source, base) if direction == "denoise" else (base, source)
+    metrics, many = as_metrics(resolve(metric, model, clean, corrupted, mask))
     per_example = reduce == "none"
     L, H = cfg.n_layers, cfg.n_heads
     low = min(l for l, _ in senders)

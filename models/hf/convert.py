@@ -551,9 +551,11 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike, tokenizer: A
     if arch != "wrapper":
         try:
             hf_model = to_hf(model)
-        except HFConversionError:
+        except HFConversionError as e:
             if arch == "native":
-                raise
+                raise HFConversionError(f"{e}. export_hf(..., arch='auto') exports it anyway (as our "
+                                        "InterpForCausalLM wrapper where no native class fits; "
+                                        "arch='wrapper' always uses it)") from None
     if hf_model is None:
         hf_model = InterpForCausalLM.from_hooked(model)
     os.makedirs(out_dir, exist_ok=True)
