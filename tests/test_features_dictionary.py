@@ -162,7 +162,7 @@ def test_batchtopk_threshold_is_learned_and_used_at_inference():
     out = sae.training_forward(x, x)
     sae.after_step()
     kept = sae.batch_topk(sae._encoder_in(sae._scaled(x, x)[0]) @ sae.W_enc + sae.b_enc)[0]
-    assert float(sae.threshold) == pytest.approx(float(kept[kept > 0].min()))
+    assert float(sae.threshold) == pytest.approx(float(kept[kept > 0].min().detach()))
     first = float(sae.threshold)
     sae.training_forward(x * 2, x * 2)
     sae.after_step()

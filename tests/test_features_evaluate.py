@@ -150,3 +150,25 @@ def test_evaluate_on_a_padded_task_counts_real_tokens_only():
     stats = features.evaluate(sae, INDUCTION, tokens=400, batch_size=8, progress=False)
     assert 400 <= stats["n_tokens"] < 400 + 42
     assert 0 <= stats["dead_fraction"] <= 1 and stats["ce_loss_zero_ablation"] > stats["ce_loss_clean"]
+
+
+def test_cli_eval_writes_json_and_plots(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    model, _ = interp.load(INDUCTION)
+    sae = features.make(dict(arch="topk", d_in=128, d_sae=256, k=8, hook_name="blocks.1.hook_resid_pre",
+                             model=features.model_identity(model, str(INDUCTION))))
+    sae.save(tmp_path / "sae")
+    result = CliRunner().invoke(app, ["features", "eval", str(tmp_path / "sae"), "--tokens", "300",
+                                      "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert stats["checkpoint"] == str(INDUCTION) and len(stats["latent_density"]) == 256
+    assert {"fve", "l0", "ce_recovered", "kl", "dead_fraction"} <= set(json.loads(result.stdout[result.stdout.index("{"):]))
+    assert (tmp_path / "ev" / "density.html").stat().st_size > 1000 and (tmp_path / "ev" / "losses.html").exists()
+    bad = CliRunner().invoke(app, ["features", "eval", str(tmp_path / "nope")])
+    assert bad.exit_code == 1 and "no such dictionary directory" in bad.output

@@ -16,8 +16,9 @@ one file per architecture (`relu`, `topk`, `batchtopk`, `jumprelu`, `matryoshka`
 (L0, FVE, CE loss recovered, ...), `data.py` (token batches of a checkpoint's own task),
 `training/` (the trainer), `cli.py` (`interp features ...`).
 
-`train` is imported on first use (the trainer is the heavy part); `features.splice` and
-`features.evaluate` are the functions (their modules are `interp.features.splice` / `.evaluate`).
+Attributes are imported lazily, so `import interp.features` (and the CLI) stays cheap.
+`features.splice` and `features.evaluate` are functions that share their module's name; the
+two modules are callable as well, so the call works whichever one the name resolves to.
 """
 
 from __future__ import annotations
@@ -25,24 +26,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .data import TokenBatch, token_batches
-from .dictionary import (
-    DictionaryConfig, DictionaryError, SparseDictionary, TrainOutput, architectures, make, register, sparse_decode,
-)
-from .evaluate import evaluate
-from .io import load, save
-from .splice import hook_widths, model_identity, splice
+_WHERE = {
+    "DictionaryConfig": "dictionary", "SparseDictionary": "dictionary", "TrainOutput": "dictionary",
+    "DictionaryError": "dictionary", "make": "dictionary", "register": "dictionary", "sparse_decode": "dictionary",
+    "save": "io", "load": "io",
+    "splice": "splice", "model_identity": "splice", "hook_widths": "splice",
+    "evaluate": "evaluate",
+    "token_batches": "data", "TokenBatch": "data",
+    "train": "training",
+}
 
-ARCHITECTURES = architectures()
-
-__all__ = [
-    "ARCHITECTURES", "DictionaryConfig", "DictionaryError", "SparseDictionary", "TokenBatch", "TrainOutput",
-    "evaluate", "hook_widths", "load", "make", "model_identity", "register", "save", "sparse_decode", "splice",
-    "token_batches", "train",
-]
+__all__ = sorted([*_WHERE, "ARCHITECTURES"])
 
 
 def __getattr__(name: str) -> Any:
-    if name == "train":  # the trainer (interp/features/training)
-        return importlib.import_module(".training", __name__).train
+    if name == "ARCHITECTURES":
+        return importlib.import_module(".dictionary", __name__).architectures()
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

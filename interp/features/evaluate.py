@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import TokenBatch, token_batches
-from .dictionary import DictionaryError, SparseDictionary
+from .dictionary import DictionaryError, SparseDictionary, callable_module
 from .splice import _flat, splice
 
 DENSE = 0.1  # a latent firing on more than this share of tokens is "dense"
@@ -224,3 +224,4 @@ def summary(stats: dict) -> dict:
 
 
 __all__ = ["evaluate", "summary", "DENSE"]
+callable_module(__name__, evaluate)

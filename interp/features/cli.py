@@ -1,0 +1,76 @@
+"""`interp features ...`: sparse dictionaries on the command line.
+
+```bash
+interp features eval out/sae --ckpt data/checkpoints/shakespeare_vanilla --tokens 50000 --out out/sae_eval
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Sparse dictionaries (SAEs, transcoders) on a model's hooks.")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+@app.command("eval")
+def eval_(
+    dictionary: Path = typer.Argument(..., help="Dictionary directory (cfg.json + sae_weights.safetensors)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Model checkpoint (default: the one the dictionary "
+                                        "records in cfg.json metadata.interp.config.model.checkpoint)."),
+    tokens: int = typer.Option(50_000, "--tokens", min=1, help="Held-out tokens to evaluate on."),
+    split: str = typer.Option("test", "--split", help="Task split the tokens come from: train | val | test."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Cut rows to this many tokens."),
+    device: str = typer.Option("auto", "--device"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write eval.json, density.html and losses.html here."),
+) -> None:
+    """L0, FVE, MSE, cosine, CE loss recovered (zero / mean ablation), KL, dead and dense
+    latents, l2 ratio, latent-density histogram; prints the JSON summary."""
+    from interp import plots
+    from interp.checkpoint import CheckpointError
+    from interp.training.config import resolve_device
+
+    from .dictionary import DictionaryError
+    from .evaluate import evaluate, summary
+    from .io import load
+
+    try:
+        sae = load(dictionary)
+        source = ckpt if ckpt is not None else sae.cfg.model.get("checkpoint")
+        if source is None:
+            _fail(f"{dictionary}: the dictionary records no checkpoint; pass --ckpt MODEL")
+        stats = evaluate(sae, str(source), tokens=tokens, batch_size=batch_size, device=resolve_device(device),
+                         split=split, seq_len=seq_len)
+    except (DictionaryError, CheckpointError) as e:
+        _fail(str(e))
+    stats = _finite(stats)
+    stats.update(dictionary=str(dictionary), checkpoint=str(source), split=split)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(stats, indent=2) + "\n")
+        name = f"{sae.cfg.arch} on {sae.cfg.hook_name}"
+        plots.latent_density_histogram(stats["latent_density"], title=name).write_html(
+            out / "density.html", include_plotlyjs="directory")
+        plots.dictionary_eval_losses(stats, title=name).write_html(out / "losses.html", include_plotlyjs="directory")
+    typer.echo(json.dumps(summary(stats), indent=2))
