@@ -222,6 +222,9 @@ def export(
 data_app = typer.Typer(no_args_is_help=True, help="Prepare training data.")
 app.add_typer(data_app, name="data")
 
+from interp.features.cli import app as features_app  # noqa: E402  (imports typer only; torch loads per command)
+app.add_typer(features_app, name="features")
+
 
 @data_app.command("prepare")
 def data_prepare(

@@ -664,3 +664,34 @@ def loss_and_score(steps: Sequence[int], loss, score, marks: Optional[dict] = No
     fig.update_yaxes(title_text=score_name, secondary_y=True)
     fig.update_layout(title=title, xaxis_title="step", hovermode="x unified", legend=dict(font=dict(size=10)))
     return fig
+
+
+# ---------------------------------------------------------------------- features (dictionaries)
+def latent_density_histogram(density, title: str = "", bins: int = 40) -> go.Figure:
+    """Histogram of log10(firing frequency) of a dictionary's latents (`features.evaluate`'s
+    `latent_density`); latents that never fired are counted in the title, and latents firing on
+    more than 10% of tokens lie right of the dotted line."""
+    d = _np(density).astype(float)
+    live = d[d > 0]
+    fig = go.Figure(go.Histogram(x=np.log10(live), nbinsx=bins, marker_color=_COLORS[0],
+                                 hovertemplate="log10 density %{x}<br>%{y} latents<extra></extra>"))
+    fig.add_vline(x=-1, line=dict(color="#e4572e", width=1.5, dash="dot"), annotation_text="dense (10%)")
+    dead = int((d == 0).sum())
+    fig.update_layout(title=(title + " — " if title else "") + f"{dead} of {len(d)} latents never fired",
+                      xaxis_title="log10(fraction of tokens the latent fires on)", yaxis_title="latents", bargap=0.05)
+    return fig
+
+
+def dictionary_eval_losses(stats: dict, title: str = "") -> go.Figure:
+    """Next-token loss of the model clean, with the dictionary spliced in, and with the
+    activation zero- / mean-ablated (`features.evaluate`), labelled with CE loss recovered."""
+    names = ["clean", "spliced", "mean ablation", "zero ablation"]
+    keys = ["ce_loss_clean", "ce_loss_spliced", "ce_loss_mean_ablation", "ce_loss_zero_ablation"]
+    values = [stats[k] for k in keys]
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=[_COLORS[i] for i in range(4)],
+                           text=[f"{v:.3f}" for v in values], textposition="outside",
+                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    head = (f"FVE {stats['fve']:.3f} · L0 {stats['l0']:.1f} · CE recovered {stats['ce_recovered']:.3f} "
+            f"(vs mean {stats['ce_recovered_mean']:.3f}) · dead {stats['dead_fraction']:.1%}")
+    fig.update_layout(title=(title + "<br>" if title else "") + head, yaxis_title="next-token loss (nats)")
+    return fig
