@@ -198,6 +198,29 @@ class View:
         set_param(name, None)
         return fallback
 
+    def clamp(self, name: str, lo, hi, what: str = "", value: Any = _MISSING):
+        """The URL's value (or `value`) limited to [lo, hi]. A URL value outside is said in
+        `problems` and replaced in the URL by the value shown, so the note comes once."""
+        v = self.get(name) if value is _MISSING else value
+        shown = min(max(v, lo), hi)
+        if shown != v:
+            if name in self.values:
+                self.problems.append(f"`{name}={_encode(name, v)}` is out of range{(' for ' + what) if what else ''} "
+                                     f"({_encode(name, lo)} to {_encode(name, hi)}); showing {_encode(name, shown)}.")
+            self.set(name, shown)
+        return shown
+
+    def position(self, name: str, n: int, default: Any, what: str = "positions") -> Any:
+        """The URL's position `name` if it is inside 0..n-1, else `default`; a URL value
+        outside is said in `problems` and dropped from the URL."""
+        v = self.get(name)
+        if v is None or 0 <= v < n:
+            return default if v is None else v
+        self.problems.append(f"`{name}={v}` is outside this prompt's {n} {what} (0 to {n - 1}); showing the default.")
+        self.values.pop(name, None)
+        set_param(name, None)
+        return default
+
     def widget(self, kind: str, name: str, label: str, *, value: Any = _MISSING, container=None,
                to_url: Optional[Callable[[Any], Any]] = None, key: Optional[str] = None,
                after: Optional[Callable[[], None]] = None, **kwargs):

@@ -480,3 +480,59 @@ def test_latent_thoughts_timeline(served, shots):
     assert "1017" in text and ("correct" in text or "wrong" in text)
     assert not errors(d)
     d.save_screenshot(str(shots / "explorer_thoughts.png"))
+
+
+def test_colour_scale_and_legend(served, shots):
+    """"Each panel's max" leaves out the first token's row and column (query 0 -> itself is
+    always 1): the scale and the legend differ from "shared 0-1", and the legend says the top."""
+    d, base, ckpts = served["driver"], served["base"], served["ckpts"]
+    text = "To be, or not to be, that is the question"
+    pats = {(l, h): reference_pattern(ckpts["shakespeare_factored_alibi"], text, l)[h] for l in (0, 1) for h in range(4)}
+    layer, head = min(pats, key=lambda lh: pats[lh][1:, 1:].max())  # a head whose scale differs most from 0-1
+    want = pats[layer, head]
+    s = load(d, base + "?" + urllib.parse.urlencode(dict(page="attention", layer=layer, head=head, prompt=text)))
+    assert (s["layer"], s["head"]) == (layer, head)
+    assert s["scale"] == "auto" and abs(s["zmax"] - want[1:, 1:].max()) < 2e-3 and s["zmax"] < 0.99
+    legend = d.find_element(By.CSS_SELECTOR, ".ix-legend").text
+    assert f"{s['zmax']:.3f}" in legend and "1.000" not in legend
+    auto = canvas_digest(d)
+    d.execute_script("document.querySelectorAll('.ix-attn .ix-group')[3].querySelectorAll('button')[1].click()")
+    WebDriverWait(d, WAIT).until(lambda dr: (ix_state(dr) or {}).get("scale") == "shared")
+    assert ix_state(d)["zmax"] == 1 and "1.000" in d.find_element(By.CSS_SELECTOR, ".ix-legend").text
+    assert canvas_digest(d) != auto  # the option changes what is drawn
+    WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("scale") == "shared")
+    d.save_screenshot(str(shots / "explorer_colour_shared.png"))
+    assert not errors(d)
+
+
+def test_position_ticks_are_readable_on_a_100_token_map(served, shots):
+    d, base = served["driver"], served["base"]
+    text = "Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds th"
+    s = load(d, base + "?" + urllib.parse.urlencode(dict(page="attention", prompt=text)))
+    assert s["T"] == 100 and s["font"] >= 10 and s["cell"] * s["tickStep"] >= 12, s
+    if s["tickStep"] > 1:  # thinned labels say which position they are, and the note says so
+        assert f"every {s['tickStep']}th token" in d.find_element(By.CSS_SELECTOR, ".ix-note").text
+    d.save_screenshot(str(shots / "explorer_attention_100_tokens.png"))
+    assert not errors(d)
+
+
+def test_compare_titles_clear_of_the_mode_bar(served, shots):
+    d, base, ckpts = served["driver"], served["base"], served["ckpts"]
+    steps = [str(p) for p in sorted(Path(ckpts["add3_run"]).glob("step_*"))]
+    url = base + "?" + urllib.parse.urlencode([("ckpt", "add3_run"), ("page", "compare"), ("nex", "4")]
+                                              + [("cmp", s) for s in steps])
+    load(d, url, attention=False)
+    WebDriverWait(d, WAIT).until(lambda dr: dr.find_elements(By.CSS_SELECTOR, ".st-key-compare_attn_2 .gtitle"))
+    wait_settled(d)
+    overlaps = d.execute_script("""
+        const out = [];
+        for (const plot of document.querySelectorAll('[class*="st-key-compare_"] .js-plotly-plot')) {
+          const t = plot.querySelector('.gtitle'), m = plot.querySelector('.modebar');
+          if (!t || !m) continue;
+          const a = t.getBoundingClientRect(), b = m.getBoundingClientRect();
+          out.push([t.textContent, a.right > b.left && b.right > a.left && a.bottom > b.top && b.bottom > a.top]);
+        }
+        return out;""")
+    assert len(overlaps) >= 6 and not [t for t, hit in overlaps if hit], overlaps
+    d.save_screenshot(str(shots / "explorer_compare_titles.png"))
+    assert not errors(d)

@@ -127,7 +127,7 @@ function load(S, d) {
   }
   if (d.thumbKey !== S.thumbKey) {
     S.thumbKey = d.thumbKey;
-    S.thumbs = bytes(d.thumbs.data); S.t = d.thumbs.t; S.tmax = d.thumbs.max;
+    S.thumbs = bytes(d.thumbs.data); S.t = d.thumbs.t; S.tmax = d.thumbs.max; S.tauto = d.thumbs.auto;
     S.gridKey = null;
   }
   S.name = d.name;
@@ -141,10 +141,16 @@ function matrix(S) { // the pattern on display: (T*T) Float32Array view
   return S.cur.mode === "mean" ? S.mean : S.pat.subarray(S.cur.head * n, (S.cur.head + 1) * n);
 }
 
+// The colour scale's top. "shared": 1. "auto": this panel's max off the first token's row and
+// column: query 0 can only attend to itself (always 1) and many heads park attention on
+// <bos>, so a plain max is ~1 everywhere and "auto" would look like "shared". Brighter cells
+// (usually that column) saturate; the legend says so.
 function zmax(S, P) {
   if (S.cur.scale === "shared") return 1;
+  const T = S.T;
   let m = 0;
-  for (let i = 0; i < P.length; i++) if (P[i] > m) m = P[i];
+  for (let q = 1; q < T; q++) for (let k = 1; k <= q; k++) if (P[q * T + k] > m) m = P[q * T + k];
+  if (m <= 1e-9) for (let i = 0; i < P.length; i++) if (P[i] > m) m = P[i]; // e.g. one token
   return m > 1e-9 ? m : 1;
 }
 
@@ -155,16 +161,22 @@ function panelName(S) {
 // ------------------------------------------------------------------ heatmap
 const GAP = 20, GRID_LABEL = 30;
 
+const MIN_FONT = 10, LABEL_PX = 12; // tick labels: at least 10 px text on at least 12 px of axis each
+
+function tickLabel(S, i, step) { // thinned axes name each labelled token's position too
+  return step > 1 ? `${i} ${S.labels[i]}` : `${S.labels[i]}`;
+}
+
 function layout(S) {
-  // Heatmap cells of >= 8 px with every token labelled up to 120 tokens (then every k-th);
-  // the head grid sits to the right when it fits with thumbnails of >= 28 px, else below.
+  // Heatmap cells of >= 8 px (>= 2 px past 120 tokens); a token label on every row while
+  // cells are >= LABEL_PX, else on every step-th (with its position), never below MIN_FONT.
+  // The head grid sits to the right when it fits with thumbnails of >= 28 px, else below.
   const T = S.T, H = S.H, W = Math.max(400, S.hostWidth());
   const ctx = S.base.getContext("2d");
-  const step = T > 120 ? Math.ceil(T / 120) : 1;
   const minCell = T <= 120 ? 8 : 2;
   ctx.font = "12px sans-serif";
   let widest = 0;
-  for (let i = 0; i < T; i += step) widest = Math.max(widest, ctx.measureText(`${S.labels[i]}`).width);
+  for (let i = 0; i < T; i++) widest = Math.max(widest, ctx.measureText(`${T - 1} ${S.labels[i]}`).width);
   const margin = (font) => Math.ceil(Math.min(110, (widest * font) / 12 + 8));
   const gridFor = (thumb) => GRID_LABEL + H * (thumb + 8);
   let thumb = Math.floor((W - GAP - margin(8) - 4 - T * minCell - GRID_LABEL) / H) - 8;
@@ -173,7 +185,8 @@ function layout(S) {
   const room = below ? W : W - GAP - gridFor(thumb);
   let cell = Math.floor((room - margin(12) - 4) / T);
   cell = Math.max(minCell, Math.min(T <= 16 ? 40 : 24, cell));
-  const font = Math.max(7, Math.min(12, cell * step - 1));
+  const step = cell >= LABEL_PX ? 1 : Math.ceil(LABEL_PX / cell);
+  const font = Math.max(MIN_FONT, Math.min(12, cell * step - 2));
   const m = margin(font);
   return { T, cell, font, step, mL: m, mT: 4, mB: m, mR: 4, thumb };
 }
@@ -212,22 +225,23 @@ function drawBase(S) {
   ctx.font = `${g.font}px sans-serif`;
   ctx.textBaseline = "middle";
   ctx.textAlign = "right";
-  for (let i = 0; i < T; i += g.step) ctx.fillText(S.labels[i], mL - 4, mT + (i + 0.5) * cell);
+  for (let i = 0; i < T; i += g.step) ctx.fillText(tickLabel(S, i, g.step), mL - 4, mT + (i + 0.5) * cell);
   ctx.save();
   ctx.translate(mL, mT + T * cell + 4);
   ctx.rotate(-Math.PI / 2);
-  for (let i = 0; i < T; i += g.step) ctx.fillText(S.labels[i], 0, (i + 0.5) * cell);
+  for (let i = 0; i < T; i += g.step) ctx.fillText(tickLabel(S, i, g.step), 0, (i + 0.5) * cell);
   ctx.restore();
   S.z = z;
   S.title.textContent = `${panelName(S)} · ${T} tokens · rows = query, columns = key` +
     (S.cur.pos >= 0 ? ` · pinned ${S.cur.dir === "to" ? "key" : "query"} ${S.cur.pos} ${S.labels[S.cur.pos]}` : "");
-  S.note.textContent = g.step > 1 ? `Axis labels thinned to every ${g.step}th token (${T} tokens); hover a cell for its tokens.` : "";
+  S.note.textContent = g.step > 1 ? `Axis labels: every ${g.step}th token, with its position (${T} tokens); hover a cell for its tokens.` : "";
   S.note.style.display = g.step > 1 ? "" : "none";
   S.legend.innerHTML = "";
   el("span", "", S.legend, "0");
   const bar = el("span", "ix-ramp", S.legend);
   bar.style.background = `linear-gradient(to right, ${rgb(0)}, ${rgb(0.25)}, ${rgb(0.5)}, ${rgb(0.75)}, ${rgb(1)})`;
-  el("span", "", S.legend, `${z.toFixed(3)}  (${S.cur.scale === "shared" ? "shared scale 0–1" : "this panel's max"})`);
+  el("span", "", S.legend, `${z.toFixed(3)}  (${S.cur.scale === "shared" ? "shared scale 0–1" :
+    "this panel's max off the first token's row and column; brighter cells saturate"})`);
 }
 
 function drawOverlay(S) {
@@ -305,9 +319,10 @@ function drawTokenShades(S, focus) {
   for (const { h, spans } of S.spans) {
     const P = h === null ? matrix(S) : S.pat.subarray(h * n, (h + 1) * n);
     let z = 1;
-    if (f >= 0 && S.cur.scale !== "shared") {
+    if (f >= 0 && S.cur.scale !== "shared") { // this token's max, off the first token (as zmax)
       z = 0;
-      for (let j = 0; j < T; j++) z = Math.max(z, to ? P[j * T + f] : P[f * T + j]);
+      for (let j = 1; j < T; j++) z = Math.max(z, to ? P[j * T + f] : P[f * T + j]);
+      if (z <= 1e-9) for (let j = 0; j < T; j++) z = Math.max(z, to ? P[j * T + f] : P[f * T + j]);
       z = z > 1e-9 ? z : 1;
     }
     spans.forEach((s, j) => {
@@ -340,13 +355,14 @@ function drawGrid(S) {
         c.width = t; c.height = t;
         c.style.width = c.style.height = size + "px";
         const img = c.getContext("2d").createImageData(t, t), off = (l * H + h) * t * t, mx = S.tmax[l * H + h];
+        const top = S.cur.scale === "shared" ? 1 : S.tauto[l * H + h]; // same rule as the heatmap's zmax
         for (let i = 0; i < t * t; i++) {
-          const u = S.thumbs[off + i], v = S.cur.scale === "shared" ? (u / 255) * mx : u / 255;
+          const u = S.thumbs[off + i], v = ((u / 255) * mx) / top;
           const j = 3 * Math.round(255 * Math.min(1, v));
           img.data[4 * i] = LUT[j]; img.data[4 * i + 1] = LUT[j + 1]; img.data[4 * i + 2] = LUT[j + 2]; img.data[4 * i + 3] = 255;
         }
         c.getContext("2d").putImageData(img, 0, 0);
-        c.title = `L${l}H${h} (max ${mx.toFixed(3)})`;
+        c.title = `L${l}H${h} (max ${mx.toFixed(3)}; off the first token ${S.tauto[l * H + h].toFixed(3)})`;
         c.dataset.layer = l; c.dataset.head = h;
         c.onclick = () => select(S, { layer: l, head: h, mode: S.cur.mode === "mean" ? "head" : S.cur.mode });
         S.thumbEls.push(c);
@@ -393,7 +409,8 @@ function draw(S) {
   S.host.classList.toggle("ix-wait", waiting);
   // what was drawn, for tests and benchmarks; `pending`: drawn before Python saw this choice
   const rec = { layer: S.patLayer, head: S.cur.head, mode: S.cur.mode, scale: S.cur.scale, dir: S.cur.dir,
-    pos: S.cur.pos, T: S.T, waiting, pending: S.seq > S.ack };
+    pos: S.cur.pos, T: S.T, waiting, pending: S.seq > S.ack, zmax: S.z, font: S.geom.font, tickStep: S.geom.step,
+    cell: S.geom.cell };
   requestAnimationFrame(() => {
     rec.painted = performance.now();
     S.host.dataset.ixState = JSON.stringify(rec);

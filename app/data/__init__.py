@@ -39,7 +39,7 @@ from .prompts import (  # noqa: E402
     prompt_end, show_token, special_ids, task_for, uses_bos,
 )
 from .analyses import (  # noqa: E402
-    THUMB, answer_step_attention, attention, b64, compare_examples, compare_one, completion, head_rows,
+    THUMB, answer_step_attention, attention, auto_scale, b64, compare_examples, compare_one, completion, head_rows,
     layer_patterns, lens, logit_attribution, neurons, norms, steps_trace, thumbnails, token_losses, top1,
 )
 from .patching import (  # noqa: E402

@@ -39,8 +39,9 @@ THUMB = 48  # thumbnails are max-pooled to at most THUMB x THUMB cells
 @st.cache_data(max_entries=32, show_spinner=False)
 def thumbnails(key: tuple, ids: tuple[int, ...]) -> dict:
     """Every head's pattern max-pooled to <= THUMB x THUMB for display, uint8 scaled by each
-    head's max, base64; plus those maxima (the component rebuilds shared or per-head colour
-    scales)."""
+    head's max, base64; plus those maxima (`max`) and each head's max off the first token's
+    row and column (`auto`, the component's "each panel's max" colour scale, see
+    `auto_scale`)."""
     pats = attention(key, ids)
     L, H, T, _ = pats.shape
     t = min(T, THUMB)
@@ -48,7 +49,21 @@ def thumbnails(key: tuple, ids: tuple[int, ...]) -> dict:
     pooled = np.maximum.reduceat(np.maximum.reduceat(pats, edges[:-1], axis=2), edges[:-1], axis=3)
     mx = pooled.reshape(L, H, -1).max(-1)
     q = np.round(255 * pooled / np.maximum(mx, 1e-12)[..., None, None]).astype(np.uint8)
-    return {"t": t, "data": b64(q), "max": [round(float(x), 4) for x in mx.reshape(-1)]}
+    auto = auto_scale(pats).reshape(-1)
+    return {"t": t, "data": b64(q), "max": [round(float(x), 4) for x in mx.reshape(-1)],
+            "auto": [round(float(x), 4) for x in auto]}
+
+
+def auto_scale(pats: np.ndarray) -> np.ndarray:
+    """(..., q, k) patterns -> (...) colour-scale tops: the max over queries and keys >= 1.
+    Query 0 can only attend to itself (always 1) and many heads park attention on the first
+    token, so a plain max is ~1 for every head; this one shows the rest of the pattern (the
+    first token's column saturates). The plain max where nothing else is left (one token).
+    Mirrors `zmax` in components/attention.js."""
+    inner = pats[..., 1:, 1:].max(axis=(-1, -2)) if pats.shape[-1] > 1 else np.zeros(pats.shape[:-2])
+    whole = pats.max(axis=(-1, -2))
+    top = np.where(inner > 1e-9, inner, whole)
+    return np.where(top > 1e-9, top, 1.0)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

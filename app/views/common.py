@@ -63,9 +63,9 @@ class Ctx:
         return self.view.choice("head", list(range(self.cfg.n_heads)), what=f"this {self.cfg.n_heads}-head model")
 
     def pos(self, n: int, default: int) -> int:
-        """The selected position if it is inside a prompt of `n` tokens, else `default`."""
-        p = self.view.get("pos")
-        return p if p is not None and 0 <= p < n else default
+        """The selected position if it is inside a prompt of `n` tokens, else `default` (a URL
+        position outside is said on the page)."""
+        return self.view.position("pos", n, default, what="tokens")
 
 
 def prompt_box(ctx: Ctx) -> Prompt:
@@ -110,6 +110,20 @@ def head_picker(ctx: Ctx, label: str = "Head", container=None) -> int:
     ctx.view.widget(kind, "head", label, value=head, options=list(range(n)), format_func=lambda h: f"H{h}",
                     container=container, **extra)
     return head
+
+
+def prompt_head(labels: Sequence[str], n: int, most: int = 24) -> str:
+    """The first `n` tokens as quoted text: whole up to `most` tokens, else "…" and the
+    last `most` (never a cut-off number that reads as another)."""
+    shown = "".join(labels[max(0, n - most):n])
+    return f"“{'…' if n > most else ''}{shown}”"
+
+
+def titled_below_modebar(fig, title: str, height: int):
+    """A figure for a narrow column: its title sits under plotly's mode bar (top right of
+    the figure), which would cover a title across the panel."""
+    return fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1, yref="container", yanchor="top",
+                                        pad=dict(t=34), font=dict(size=14)), height=height)
 
 
 def height(n_rows: int, per_row: int = 18, lo: int = 380, hi: int = 900) -> int:

@@ -14,7 +14,7 @@ from interp import plots
 
 from .. import components, data
 from ..data import AppError
-from .common import Ctx, chart, export, head_picker, layer_picker
+from .common import Ctx, chart, export, head_picker, layer_picker, prompt_head, titled_below_modebar
 from .steps import MATCH, MISMATCH
 
 TITLE = "Compare"
@@ -105,7 +105,7 @@ def _task_metrics(ctx: Ctx, cks, names, progress) -> None:
     examples = data.compare_examples(cks[0].key)
     c1, c2 = st.columns([3, 1])
     n_max = min(len(examples), 500)
-    n_ex = min(max(1, int(view.get("nex"))), n_max)
+    n_ex = view.clamp("nex", 1, n_max, what=f"the {n_max} test examples")
     view.widget("slider", "nex", f"Test examples of {cks[0].name}'s task", value=n_ex, min_value=1, max_value=n_max,
                 container=c1)
     gen = bool(view.get("acc"))
@@ -124,10 +124,10 @@ def _task_metrics(ctx: Ctx, cks, names, progress) -> None:
                             f"{r['exact_match']:.1%}")
     segs = [s for s in ("step", "answer") if any(r.get(f"n_tokens/{s}", 0) for r in rows)]
     c1, c2 = st.columns(2)
-    chart(plots.segment_bars(rows, "loss", segments=segs, title="Teacher-forced loss per segment"), "compare_loss",
-          container=c1)
-    chart(plots.segment_bars(rows, "accuracy", segments=segs, title="Next-token accuracy per segment"), "compare_acc",
-          container=c2)
+    for col, metric, title, key in ((c1, "loss", "Teacher-forced loss per segment", "compare_loss"),
+                                    (c2, "accuracy", "Next-token accuracy per segment", "compare_acc")):
+        fig = plots.segment_bars(rows, metric, segments=segs)
+        chart(titled_below_modebar(fig.update_layout(margin=dict(t=70)), title, 420), key, container=col)
     st.caption("Loss and accuracy are teacher-forced on every step and answer token, whatever each model was trained "
                "on (the prompt is never a target).")
     show = ["name"] + [f"{m}/{s}" for m in ("loss", "accuracy") for s in segs]
@@ -158,8 +158,8 @@ def _text_metrics(ctx: Ctx, cks, names, progress) -> None:
         losses[name] = data.token_losses(c.key, p.ids)
     for col, (name, v) in zip(st.columns(len(losses)), losses.items()):
         col.metric(name, f"{np.mean(v):.3f} nats/token", help="mean next-token loss on the prompt")
-    chart(plots.per_token_lines(losses, p.labels[1:], title="Next-token loss on the prompt (x = the predicted token)",
-                                yaxis_title="loss (nats)").update_layout(height=320), "compare_token_loss")
+    fig = plots.per_token_lines(losses, p.labels[1:], yaxis_title="loss (nats)").update_layout(margin=dict(t=70))
+    chart(titled_below_modebar(fig, "Next-token loss on the prompt (x = the predicted token)", 340), "compare_token_loss")
     export("compare_token_loss", key="compare_loss_export", charts=["compare_token_loss"],
            table=lambda: pd.DataFrame(losses, index=[f"{i + 1}:{l}" for i, l in enumerate(p.labels[1:])]))
 
@@ -190,16 +190,17 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
     layer, head = layer_picker(ctx, container=c1), head_picker(ctx, container=c2)
     vocab = data.decode_list(cks[0])
     pats = [data.attention(c.key, ids)[min(layer, c.cfg.n_layers - 1), min(head, c.cfg.n_heads - 1)] for c in cks]
-    top = max(float(np.max(a)) for a in pats)
+    top = max(float(data.auto_scale(a)) for a in pats)  # as the Attention page: off the first token's row and column
     seg = _segments(cks[0], ids, cut) if target else None
     a2s = [data.answer_step_attention(c.key, ids, seg) for c in cks] if seg and 1 in seg and 2 in seg else None
     a_lo = min(float(np.nanmin(a)) for a in a2s) if a2s else None
     a_hi = max(float(np.nanmax(a)) for a in a2s) if a2s else None
-    st.caption(f"Greedy completion after {cut} prompt tokens ({''.join(p.labels[max(0, cut - 8):cut])}), "
+    st.caption(f"Greedy completion after the {cut} prompt tokens {prompt_head(p.labels, cut)}, "
                + (f"checked against the target (the prompt's remaining {len(target)} tokens)" if target else
                   "no target (the prompt ends there)")
                + f"; below, L{layer}H{head}'s attention on the whole prompt, one colour scale for all panels "
-               f"(white 0 to dark blue {top:.3f}).")
+               f"(white 0 to dark blue {top:.3f}, the largest weight off the first token's row and column; brighter "
+               "cells saturate).")
     n = len(cks)
     for col, c, name, i in zip(st.columns(n), cks, names, range(n)):  # row 1: completions
         with col:
@@ -218,18 +219,19 @@ def _side_by_side(ctx: Ctx, cks, names) -> None:
                                    titles=[f"{j}: {vocab[t]}" + (f" (target {vocab[target[j]]})" if j < len(target) else "")
                                            for j, t in enumerate(out)])
     for col, name, pat, i in zip(st.columns(n), names, pats, range(n)):  # row 2: attention, one scale
-        fig = plots.attention_heatmap(pat, p.labels, p.labels, zmax=top, title=f"{name} L{layer}H{head}")
+        fig = plots.attention_heatmap(pat, p.labels, p.labels, zmax=top)
         fig.update_traces(showscale=False)  # one scale for all panels (in the caption): equal panel sizes
-        fig.update_layout(height=min(680, max(380, 180 + 10 * len(ids))), margin=dict(l=10, r=10, t=50, b=10))
+        fig.update_layout(margin=dict(l=10, r=10, t=70, b=10))
+        titled_below_modebar(fig, f"{name} L{layer}H{head}", min(700, max(400, 200 + 10 * len(ids))))
         chart(fig, f"compare_attn_{i}", container=col)
     if a2s is not None:  # row 3: answer -> step attention, one scale
         st.caption(f"Mean attention from answer tokens to step tokens per head (Viridis, one scale for all panels: "
                    f"{a_lo:.3f} to {a_hi:.3f}); L{layer}H{head} outlined.")
         for col, a, i in zip(st.columns(n), a2s, range(n)):
-            fig = plots.head_score_heatmap(a, name="answer→step", title="answer → step attention",
-                                           selected=(layer, head), zmin=a_lo, zmax=a_hi)
+            fig = plots.head_score_heatmap(a, name="answer→step", selected=(layer, head), zmin=a_lo, zmax=a_hi)
             fig.update_traces(showscale=False, selector=dict(type="heatmap"))
-            chart(fig.update_layout(height=260, margin=dict(l=10, r=10, t=50, b=10)), f"compare_a2s_{i}", container=col)
+            fig.update_layout(margin=dict(l=10, r=10, t=70, b=10))
+            chart(titled_below_modebar(fig, "answer → step attention", 290), f"compare_a2s_{i}", container=col)
     export("compare_attention", key="compare_attn_export",
            charts=[f"compare_attn_{i}" for i in range(n)] + ([f"compare_a2s_{i}" for i in range(n)] if a2s else []),
            arrays=lambda: {f"attention_{n}": data.attention(c.key, ids) for n, c in zip(names, cks)}

@@ -29,7 +29,7 @@ def render(ctx: Ctx) -> None:
     stream = view.choice("lens", streams, what="this model")
     view.widget("radio", "lens", "Stream", value=stream, options=streams, horizontal=True, container=c1,
                 help="Factored models: read the attention stream (xt) or the MLP stream (xe) alone.")
-    k = min(10, max(1, int(view.get("topk"))))
+    k = view.clamp("topk", 1, 10, what="the logit lens")
     view.widget("slider", "topk", "top k", value=k, min_value=1, max_value=10, container=c2)
     target = view.get("target") or ""
     view.widget("text_input", "target", "Track a token (empty: the next token)", value=target, container=c3,

@@ -114,8 +114,7 @@ def render(ctx: Ctx) -> None:
                 container=c2, help="Denoise: run the corrupted prompt and patch in clean activations (which sites "
                 "restore the answer?). Noise: run the clean prompt and patch in corrupted ones (which sites break it?).")
     auto = reads or data.metric_positions(ck, ids, cor)
-    mpos = view.get("mpos")
-    mpos = mpos if mpos is not None and 0 <= mpos < T else AUTO
+    mpos = view.position("mpos", T, AUTO, what="tokens")
     auto_text = ", ".join(map(str, auto)) if len(auto) <= 3 else f"{auto[0]}…{auto[-1]} (mean)"
     view.widget("selectbox", "mpos", "Metric position", value=mpos, options=[AUTO] + list(range(T)), container=c3,
                 format_func=lambda i: f"auto: {auto_text}" if i == AUTO else f"{i}: {show[i]}",
@@ -126,7 +125,12 @@ def render(ctx: Ctx) -> None:
                 "else the last position.")
     positions = [mpos] if mpos != AUTO else auto
     acts_all, acts_default = site_options(cfg)
-    acts = [a for a in (view.get("acts") or acts_default) if a in acts_all] or acts_default  # none: the defaults
+    asked = view.get("acts") or acts_default
+    acts = [a for a in asked if a in acts_all] or acts_default  # none: the defaults
+    if any(a not in acts_all for a in asked):
+        view.problems.append(f"`acts`: {', '.join(f'`{a}`' for a in asked if a not in acts_all)} is not a site of this "
+                             f"model (sites: {', '.join(acts_all)}); left out.")
+        view.set("acts", None if acts == acts_default else acts)
     view.widget("pills", "acts", "Sites patched", value=acts, options=acts_all, selection_mode="multi",
                 to_url=lambda v: None if list(v) == acts_default else list(v),
                 help="; ".join(f"{a}: {ACT_HELP[a]}" for a in acts_all))

@@ -13,7 +13,7 @@ from interp import plots
 from .. import components, data
 from ..data import AppError
 from ..state import set_param
-from .common import Ctx, chart, export
+from .common import Ctx, chart, export, prompt_head
 
 TITLE = "Step-by-step"
 TOP_K = 10
@@ -34,6 +34,9 @@ def generation_settings(ctx: Ctx, n_prompt_tokens: int) -> tuple[int, bool]:
                        "be generated; shorten it or generate after fewer tokens.")
     task = is_task(ctx)
     n = ctx.view.get("n") or (128 if task else 32)
+    if ctx.view.get("n") is not None:
+        n = ctx.view.clamp("n", 1, room, what=f"new tokens here ({cfg.positional} positions, n_ctx={cfg.n_ctx})"
+                           if cfg.uses_learned_positions else "new tokens")
     eos = ctx.view.get("eos")
     return max(1, min(int(n), room)), (task if eos is None else bool(eos)) and cfg.eos_token_id is not None
 
@@ -47,7 +50,7 @@ def render(ctx: Ctx) -> None:
     cut = cut if cut is not None and 1 <= cut <= T else default_cut
     c0, c1, c2, c3, c4, c5 = st.columns([3, 1.2, 1.3, 1, 1.2, 1])
     view.widget("select_slider", "cut", "Generate after", value=cut, options=list(range(1, T + 1)), container=c0,
-                format_func=lambda c: f"{c} tokens (…{''.join(p.labels[max(0, c - 6):c])})",
+                format_func=lambda c: f"{c} tokens {prompt_head(p.labels, c, most=8)}",
                 to_url=lambda c: None if c == default_cut else c,
                 help="Tokens after this point are the target the generation is checked against. "
                      "Default: the task's prompt (e.g. up to '='), else the whole prompt.")
@@ -58,7 +61,7 @@ def render(ctx: Ctx) -> None:
                 help="Stop at the end-of-sequence token (default for task checkpoints).")
     greedy = bool(view.get("greedy"))
     view.widget("toggle", "greedy", "Greedy", value=greedy, container=c3)
-    temp = min(2.0, max(0.1, float(view.get("temp"))))
+    temp = view.clamp("temp", 0.1, 2.0, what="sampling")
     view.widget("slider", "temp", "Temperature", value=temp, min_value=0.1, max_value=2.0, step=0.1, container=c4,
                 disabled=greedy)
     seed = int(view.get("seed"))

@@ -65,7 +65,7 @@ def render(ctx: Ctx) -> None:
     view.widget("selectbox", "pos", "Position", value=pos, options=list(range(T)),
                 format_func=lambda i: f"{i}: {p.labels[i]}", container=c2)
     hi = min(50, cfg.d_mlp)
-    k = min(max(1, int(view.get("k"))), hi)
+    k = view.clamp("k", 1, hi, what=f"the neuron list of this {cfg.d_mlp}-neuron MLP")
     view.widget("slider", "k", "Neurons", value=k, min_value=1, max_value=hi, container=c3)
     idx, val = data.neurons(ctx.key, ids, layer, pos, k)
     chart(plots.top_neurons_bar(val, indices=idx, title=f"Largest |activation| in block {layer}'s MLP at position {pos} "

@@ -65,10 +65,14 @@ def groups_of(series: dict) -> dict[str, dict]:
     return groups
 
 
+SPECTRUM = re.compile(r"spectrum\[(\d+)\]$")  # interp.training.progress.fourier: element i is frequency k = i + 1
+UNTRAINED = re.compile(r"_prompt$")  # eval series on prompt tokens, which are never a training target
+
+
 def as_rows(lines: dict, many: int = 12) -> Optional[tuple[list, dict]]:
     """(steps, row name -> values) for a group drawn better as a rows x steps map: one head's
     score per line ("induction/L1H0"), or more than `many` elements of one list (a
-    spectrum), all over the same steps; else None."""
+    spectrum: rows named by frequency, "k=1" first), all over the same steps; else None."""
     heads = all(HEAD.search(n) for n in lines)
     if not (heads and len(lines) >= 2) and not (len(lines) > many and all("[" in n for n in lines)):
         return None
@@ -77,8 +81,27 @@ def as_rows(lines: dict, many: int = 12) -> Optional[tuple[list, dict]]:
         if steps is not None and list(xs) != steps:
             return None
         steps = list(xs)
-        rows[HEAD.search(name).group(0) if heads else name.rsplit("/", 1)[-1]] = ys
+        m = SPECTRUM.search(name)
+        rows[HEAD.search(name).group(0) if heads else f"k={int(m.group(1)) + 1}" if m else name.rsplit("/", 1)[-1]] = ys
     return steps, rows
+
+
+def row_axis(rows: dict) -> str:
+    """What the rows of a rows x steps map are, for its y axis."""
+    first = next(iter(rows))
+    return "head" if HEAD.search(first) else "frequency k" if first.startswith("k=") else "element"
+
+
+def key_frequency_marks(series: dict, group: str) -> Optional[tuple[list, list]]:
+    """(steps, "k=..." rows) of the key frequencies logged beside a spectrum (`.../key_freqs`,
+    1-based like the spectrum's rows), to mark on its map; None without them."""
+    prefix = group.rsplit("/", 1)[0]
+    xs, ys = [], []
+    for name, (steps, values) in series.items():
+        if group_of(name) == f"{prefix}/key_freqs":
+            xs += steps
+            ys += [f"k={int(v)}" for v in values]
+    return (xs, ys) if xs else None
 
 
 def _rank(group: str) -> tuple:
@@ -118,6 +141,14 @@ def render(ctx: Ctx) -> None:
     logy = bool(view.get("logy"))
     view.widget("toggle", "logy", "Log-scale losses", value=logy)
     groups = {g: {n: thin(*xy) for n, xy in lines.items()} for g, lines in groups_of(series).items()}
+    untrained = sorted(g for g in groups if UNTRAINED.search(g))
+    for g in untrained:  # loss / accuracy on prompt tokens: the model was never trained to predict them
+        groups.pop(g)
+    spectra = [g for g in groups if as_rows(groups[g]) and row_axis(as_rows(groups[g])[1]) == "frequency k"]
+    marks = {g: key_frequency_marks(series, g) for g in spectra}
+    for g in spectra:  # key frequencies are drawn on their spectrum, not as 16 separate lines
+        if marks[g] is not None:
+            groups.pop(f"{g.rsplit('/', 1)[0]}/key_freqs", None)
     constant = {}  # groups in which nothing ever changes: a table, not a figure
     for g in [g for g, lines in groups.items() if all(len(set(ys)) <= 1 for _, ys in lines.values())]:
         constant.update({name: ys[0] for name, (_, ys) in groups.pop(g).items() if ys})
@@ -129,15 +160,25 @@ def render(ctx: Ctx) -> None:
         rows = as_rows(lines)
         if rows is not None:  # one row per head (or element): a phase change shows as a colour change
             xs, by_row = rows
-            fig = plots.head_series_heatmap(xs, by_row, title=f"{g} per head" if HEAD.search(next(iter(by_row)))
-                                            else g, mark_step=ctx.step, colorbar=g.rsplit("/", 1)[-1])
+            axis = row_axis(by_row)
+            fig = plots.head_series_heatmap(xs, by_row, title=f"{g} per head" if axis == "head" else g,
+                                            mark_step=ctx.step, colorbar=g.rsplit("/", 1)[-1])
             plots.add_click_targets(fig, xs, list(by_row), size=6)
-            fig.update_layout(height=min(700, max(300, 60 + 14 * len(by_row))), margin=dict(t=40, b=30))
+            if marks.get(g) is not None:  # open circles on the spectrum's rows: that step's key frequencies
+                fig.add_scatter(x=marks[g][0], y=marks[g][1], mode="markers", name="key frequencies",
+                                marker=dict(symbol="circle-open", size=7, color="#e4572e"),
+                                hovertemplate="step %{x}: key frequency %{y}<extra></extra>")
+                fig.update_layout(legend=dict(orientation="h", y=-0.15))
+            fig.update_layout(yaxis_title=axis, height=min(700, max(300, 60 + 14 * len(by_row))),
+                              margin=dict(t=40, b=30))
         else:
             fig = plots.metric_curves(lines, title=g, step=ctx.step, log_y=logy and is_loss and positive,
                                       checkpoint_steps=steps).update_layout(height=300, margin=dict(t=40, b=30))
         chart(fig, f"train_{i}", container=cols[i % 2],
               on_point=lambda pt: set_param("step", _nearest(steps, pt.get("x", steps[-1]))))
+    if untrained:
+        st.caption(f"Not drawn: {', '.join(f'`{g}`' for g in untrained)}, measured on prompt tokens, which are never "
+                   "a training target (the CSV export has them).")
     if constant:
         with st.expander(f"{len(constant)} constant series"):
             st.dataframe(pd.DataFrame({"series": list(constant), "value": list(constant.values())}), hide_index=True)
