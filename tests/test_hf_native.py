@@ -104,6 +104,29 @@ def test_past_key_values_and_prepare_inputs_for_generation():
         hf_model(ids, past_key_values=filled)
 
 
+def test_cache_under_either_name():
+    """transformers 5.24 renamed `past_key_values` to `cache` (argument and output field); the
+    wrapper speaks the installed version's name and accepts both."""
+    from models.hf.native import CACHE_KWARG
+
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    assert CACHE_KWARG == ("cache" if (major, minor) >= (5, 24) else "past_key_values")
+    hf_model = InterpForCausalLM.from_hooked(tiny("vanilla")).eval()
+    ids = torch.randint(1, VOCAB, (1, 6))
+    full = hf_model(ids).logits
+    first = hf_model(ids[:, :4], use_cache=True)
+    kept = getattr(first, CACHE_KWARG)
+    assert isinstance(kept, HookedCache) and kept.get_seq_length() == 4
+    for name in ("cache", "past_key_values"):
+        cache = getattr(hf_model(ids[:, :4], use_cache=True), CACHE_KWARG)
+        rest = hf_model(ids[:, 4:], **{name: cache}).logits
+        torch.testing.assert_close(rest, full[:, 4:], atol=1e-4, rtol=1e-4)  # fp32, cached vs full attention
+    with pytest.raises(ValueError, match="not both"):
+        hf_model(ids[:, 4:], cache=kept, past_key_values=HookedCache(2))
+
+
 def test_inputs_embeds_labels_and_input_embeddings():
     model = tiny("gptj")
     hf_model = InterpForCausalLM.from_hooked(model).eval()

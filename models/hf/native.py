@@ -25,6 +25,7 @@ passed in is replaced by ours.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional, Union
 
 import torch
@@ -37,9 +38,17 @@ from ..config import ModelConfig
 from ..positions import Rotary
 from ..transformer import HookedTransformer, KVCache
 
-__all__ = ["InterpConfig", "InterpForCausalLM", "HookedCache", "MODEL_TYPE"]
+__all__ = ["InterpConfig", "InterpForCausalLM", "HookedCache", "MODEL_TYPE", "CACHE_KWARG"]
 
 MODEL_TYPE = "interp"
+
+# transformers 5.24 renamed the cache argument of forward / generate and the output field from
+# `past_key_values` to `cache` (the old name still works there, with a deprecation warning).
+# We speak whichever name the installed version's generation loop uses, and accept both.
+CACHE_KWARG = (
+    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
 
 
 @strict
@@ -49,7 +58,7 @@ class InterpConfig(PreTrainedConfig):
     change the model by changing `interp`."""
 
     model_type = MODEL_TYPE
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     interp: dict | None = None
     vocab_size: int | None = None
@@ -120,15 +129,19 @@ class HookedCache(KVCache):
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0))
 
-    def activate_past_recording(self) -> None:
-        """HF asks for this before it may `crop`; every past state is kept anyway."""
+    def activate_past_recording(self, recurrent_states_to_keep: int = 0) -> None:
+        """HF asks for this before it may `crop` (5.25 adds how many recurrent states to keep);
+        every past state is kept anyway."""
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Drop the last `-tokens_to_remove` cached positions (HF's convention: a count <= 0)."""
-        if tokens_to_remove > 0:
-            raise ValueError(f"crop({tokens_to_remove}): pass minus the number of positions to remove")
-        if tokens_to_remove == 0 or self.get_seq_length() == 0:
+        """Drop the last `-tokens_to_remove` cached positions (a count <= 0: HF's convention since
+        5.15); a positive value is the older convention, the length to keep."""
+        if self.get_seq_length() == 0 or tokens_to_remove == 0:
             return
+        if tokens_to_remove > 0:  # transformers < 5.15: crop(max_length)
+            tokens_to_remove = min(tokens_to_remove, self.get_seq_length()) - self.get_seq_length()
+            if tokens_to_remove == 0:
+                return
         max_length = self.get_seq_length() + tokens_to_remove
         for layer in self.layers:
             layer.k, layer.v = layer.k[:, :, :max_length], layer.v[:, :, :max_length]
@@ -180,11 +193,12 @@ class InterpForCausalLM(PreTrainedModel, GenerationMixin):
         return False  # we bring our own cache (HookedCache), made in _prepare_cache_for_generation
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            if generation_config.cache_implementation not in (None, "dynamic"):
+        if model_kwargs.get(CACHE_KWARG) is None and generation_config.use_cache is not False:
+            if generation_config.cache_implementation not in (None, "dynamic", "dynamic_full"):
                 raise ValueError(f"cache_implementation={generation_config.cache_implementation!r}: "
                                  "this model uses its own dynamic cache (HookedCache); leave it unset")
-            model_kwargs["past_key_values"] = HookedCache(self.model.cfg.n_layers)
+            model_kwargs[CACHE_KWARG] = HookedCache(self.model.cfg.n_layers)
+            generation_config.cache_implementation = None  # "dynamic_full" (older assisted decoding): ours is one
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     # ------------------------------------------------------------------ embeddings
@@ -225,16 +239,18 @@ class InterpForCausalLM(PreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ generation
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
-                                      attention_mask=None, inputs_embeds=None, is_first_iteration=False, **kwargs):
+                                      attention_mask=None, inputs_embeds=None, is_first_iteration=False,
+                                      cache=None, **kwargs):
         """HF's own preparation, plus the older convention of handing over the whole
         sequence with a filled cache: only the tokens the cache has not seen are fed."""
-        if next_sequence_length is None and past_key_values is not None and input_ids is not None \
+        cache = _one_cache(cache, past_key_values)
+        if next_sequence_length is None and cache is not None and input_ids is not None \
                 and not (inputs_embeds is not None and is_first_iteration):
-            seen = past_key_values.get_seq_length()
+            seen = cache.get_seq_length()
             if 0 < seen < input_ids.shape[1]:
                 next_sequence_length = input_ids.shape[1] - seen
         return super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, past_key_values=past_key_values,
+            input_ids, next_sequence_length=next_sequence_length, **{CACHE_KWARG: cache},
             attention_mask=attention_mask, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration,
             **kwargs)
 
@@ -257,6 +273,7 @@ class InterpForCausalLM(PreTrainedModel, GenerationMixin):
         position_ids: Optional[torch.LongTensor] = None,
         past_key_values: Optional[HookedCache] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
+        cache: Optional[HookedCache] = None,
         labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
         output_attentions: Optional[bool] = None,
@@ -267,7 +284,9 @@ class InterpForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> Union[CausalLMOutputWithPast, tuple]:
         """HF-style causal LM forward. `attention_mask` may cover the cached positions too
         (as `generate()` passes it) or only the new ones; `labels` are unshifted (shifted
-        inside), -100 ignored. `logits_to_keep=k` keeps the last k positions (0: all)."""
+        inside), -100 ignored. `logits_to_keep=k` keeps the last k positions (0: all).
+        `cache=` is `past_key_values=` under its transformers >= 5.24 name."""
+        past_key_values = _one_cache(cache, past_key_values)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         return_dict = self.config.return_dict if return_dict is None else return_dict
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
@@ -310,11 +329,18 @@ class InterpForCausalLM(PreTrainedModel, GenerationMixin):
         if output_hidden_states:
             hidden[-1] = self.model.ln_final(hidden[-1])  # HF: the last hidden state is normalised
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=cache if use_cache else None,
+            loss=loss, logits=logits, **{CACHE_KWARG: cache if use_cache else None},
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(patterns) if output_attentions else None,
         )
         return result if return_dict else result.to_tuple()
+
+
+def _one_cache(cache: Any, past_key_values: Any) -> Any:
+    """The cache passed under either name (`cache`, transformers >= 5.24; `past_key_values`)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the cache once: as cache= or as past_key_values=, not both")
+    return cache if cache is not None else past_key_values
 
 
 AutoConfig.register(MODEL_TYPE, InterpConfig, exist_ok=True)
