@@ -1,6 +1,6 @@
 """Runs inside SAELens's own virtualenv (tests/test_features_io.py, the `clients` group).
 
-    python sae_lens_worker.py load DICT_DIR INPUTS OUT   # SAE.load_from_disk(DICT_DIR) on INPUTS["x"]
+    python sae_lens_worker.py load INPUTS DIR...          # SAE.load_from_disk(DIR) on INPUTS["x"] -> DIR/out.safetensors
     python sae_lens_worker.py save OUT_DIR INPUTS        # one SAELens-saved dictionary per architecture
 
 Tensors travel as .safetensors files; nothing here imports interp.
@@ -20,13 +20,16 @@ def outputs(sae, x):
         return {"z": z.contiguous(), "decoded": sae.decode(z).contiguous(), "forward": sae(x).contiguous()}
 
 
-def load(dict_dir, inputs, out):
+def load(inputs, *dirs):
     from sae_lens import SAE
 
-    sae = SAE.load_from_disk(dict_dir)
     x = load_file(inputs)["x"]
-    save_file(outputs(sae, x), out)
-    print(json.dumps({"class": type(sae).__name__, "architecture": sae.cfg.architecture()}))
+    classes = {}
+    for d in dirs:
+        sae = SAE.load_from_disk(d)
+        save_file(outputs(sae, x), str(Path(d) / "out.safetensors"))
+        classes[d] = type(sae).__name__
+    print(json.dumps(classes))
 
 
 def save(out_dir, inputs):

@@ -280,19 +280,20 @@ def test_sae_lens_loads_ours(tmp_path):
     x = torch.randn(24, 16) * 4
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     cases = [(a, k) for a in ARCHS for k in KINDS if (a, k) not in (("topk", "transcoder"), ("topk", "skip"))]
+    saes = {}
     for arch, kind in cases + [("topk", "same-width transcoder")]:  # SAELens has no other TopK transcoder
-        if kind == "same-width transcoder":
-            sae = make("topk", "transcoder", d_out=16)
-        else:
-            sae = trained_like(arch, kind)
-            d = tmp_path / f"{arch}_{kind}".replace(" ", "_")
-            sae.save(d)
-            info = json.loads(run_worker("load", str(d), str(tmp_path / "x.safetensors"), str(d / "out.safetensors")))
-            out = load_file(str(d / "out.safetensors"))
-            x_hat, z = sae(x)
-            torch.testing.assert_close(out["z"], z, rtol=1e-4, atol=1e-4, msg=f"{arch}/{kind} ({info})")
-            torch.testing.assert_close(out["forward"], x_hat, rtol=1e-4, atol=1e-4, msg=f"{arch}/{kind}")
-            torch.testing.assert_close(out["decoded"], sae.decode(z), rtol=1e-4, atol=1e-4, msg=f"{arch}/{kind}")
+        sae = make("topk", "transcoder", d_out=16) if kind == "same-width transcoder" else trained_like(arch, kind)
+        d = tmp_path / f"{arch}_{kind}".replace(" ", "_")
+        sae.save(d)
+        saes[d] = sae
+    classes = json.loads(run_worker("load", str(tmp_path / "x.safetensors"), *map(str, saes)))
+    for d, sae in saes.items():
+        out = load_file(str(d / "out.safetensors"))
+        x_hat, z = sae(x)
+        what = f"{d.name} (SAELens {classes[str(d)]})"
+        torch.testing.assert_close(out["z"], z, rtol=1e-4, atol=1e-4, msg=what)
+        torch.testing.assert_close(out["forward"], x_hat, rtol=1e-4, atol=1e-4, msg=what)
+        torch.testing.assert_close(out["decoded"], sae.decode(z), rtol=1e-4, atol=1e-4, msg=what)
 
 
 @pytest.mark.clients

@@ -86,7 +86,7 @@ def _next_token_stats(logits: torch.Tensor, targets: torch.Tensor, ref_logp: Opt
 @torch.no_grad()
 def evaluate(sae: SparseDictionary, model: Any, tokens: int = 50_000, batch_size: int = 32,
              device: Union[None, str, torch.device] = None, *, split: str = "test", seq_len: Optional[int] = None,
-             data: Optional[Iterable] = None, progress: bool = True) -> dict:
+             data: Optional[Iterable] = None, progress: bool = True, check_model: bool = True) -> dict:
     """Metrics of `sae` (module docstring) on `tokens` held-out tokens.
 
     Args:
@@ -97,6 +97,7 @@ def evaluate(sae: SparseDictionary, model: Any, tokens: int = 50_000, batch_size
         split: the task split the tokens come from.
         data: token batches instead of the task's: a (n, t) tensor, or an iterable of tensors
             / `TokenBatch`es.
+        check_model: refuse a dictionary whose `cfg.model` identity differs from the model's.
     """
     from interp.checkpoint import load as load_checkpoint
     from interp.training.config import resolve_device
@@ -120,13 +121,13 @@ def evaluate(sae: SparseDictionary, model: Any, tokens: int = 50_000, batch_size
     model.eval()
     sae.eval().to(dev)
     try:
-        return _evaluate(sae, model, batches, progress)
+        return _evaluate(sae, model, batches, progress, check_model)
     finally:
         model.train(was_model)
         sae.train(was_sae).to(sae_dev)
 
 
-def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress: bool) -> dict:
+def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress: bool, check_model: bool) -> dict:
     from tqdm.auto import tqdm
 
     from models import HookedTransformer
@@ -169,7 +170,7 @@ def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress:
         fires = z > 0
         fire_counts += fires.sum(0).double()
         sum_y += y.double().sum(0)
-        with splice(model, sae, check_model=False):
+        with splice(model, sae, check_model=check_model):
             ce_sp, _, kl, _ = _next_token_stats(model(b.tokens, attention_mask=b.mask), targets, logp_clean)
         zero = model.run_with_hooks(b.tokens, attention_mask=b.mask,
                                     fwd_hooks=[(out_name, _set_to(lambda a: torch.zeros((), device=a.device)))])
