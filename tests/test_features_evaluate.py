@@ -60,7 +60,7 @@ def test_matches_a_naive_computation():
     toks = tokens(6, 12, seed=3)
     sae = features.make(dict(arch="topk", d_in=32, d_sae=200, k=4, hook_name="blocks.1.hook_resid_pre"))
     sae.init_from_data(torch.randn(64, 32))
-    stats = features.evaluate(sae, (model, None), data=toks, batch_size=4, progress=False)
+    stats = features.evaluate(sae, (model, None), data=toks, batch_size=4, progress=False, exclude_bos=False)
     ref = naive(model, sae, toks)
     for key, value in ref.items():
         assert stats[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
@@ -112,7 +112,7 @@ def test_a_tiny_sae_on_a_shipped_model_reaches_fve_half_in_seconds():
         opt.zero_grad()
         sae.after_step()
     stats = features.evaluate(sae, SHAKESPEARE, tokens=2048, batch_size=16, seq_len=64, progress=False)
-    assert stats["n_tokens"] == 2048
+    assert stats["n_tokens"] == 2048 - 32  # 32 windows of 64 tokens, each with a leading BOS left out
     assert stats["fve"] > 0.5, stats["fve"]
     assert stats["ce_recovered"] > 0.5 and stats["ce_loss_clean"] < stats["ce_loss_spliced"]
     assert stats["l0"] == pytest.approx(16, abs=0.5)
@@ -141,6 +141,31 @@ def test_token_batches_text_and_padded():
     assert once == len(lengths) and again > 2 * once
     with pytest.raises(DictionaryError, match="'val' split of task 'modular' is empty"):
         next(iter(features.token_batches(ROOT / "data" / "runs" / "grokking", "val", 100)))
+
+
+def test_a_leading_bos_is_left_out_and_kept_clean():
+    """exclude_bos: the BOS position is neither scored nor replaced, so a dictionary that is
+    exact everywhere but there scores perfectly."""
+    model = build(n_layers=2, d_model=32, n_heads=4, bos_token_id=1)
+    toks = tokens(4, 10)
+    toks[:, 0] = 1
+    sae = features.make(dict(arch="relu", d_in=32, d_sae=64, hook_name="blocks.0.hook_resid_post", normalize="none"))
+    eye = torch.eye(32)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    _, cache = model.run_with_cache(toks, names_filter="blocks.0.hook_resid_post")
+    bos_act = cache["blocks.0.hook_resid_post"][0, 0]
+    with torch.no_grad():  # ruin the reconstruction of exactly the BOS activation
+        sae.b_enc.copy_(-(torch.cat([bos_act, -bos_act]).relu()) * 0.999)
+    # ... which also shifts other tokens slightly; measure against exclude_bos=False instead
+    off = features.evaluate(sae, (model, None), data=toks, batch_size=2, progress=False, exclude_bos=False)
+    on = features.evaluate(sae, (model, None), data=toks, batch_size=2, progress=False)
+    assert on["n_tokens"] == off["n_tokens"] - 4 == 36
+    assert on["ce_loss_clean"] == pytest.approx(off["ce_loss_clean"])
+    assert on["kl"] < off["kl"] and on["ce_recovered"] != off["ce_recovered"]
 
 
 def test_evaluate_on_a_padded_task_counts_real_tokens_only():

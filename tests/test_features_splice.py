@@ -72,6 +72,15 @@ def test_features_are_cached_and_patchable(model):
     torch.testing.assert_close(patched, manual, rtol=1e-5, atol=1e-5)
 
 
+def test_splice_survives_run_with_hooks_resetting_its_hooks(model):
+    toks = tokens(2, 8)
+    sae = sae_for(model, "blocks.0.hook_resid_post")
+    with features.splice(model, sae):
+        first = model(toks)
+        model.run_with_hooks(toks, fwd_hooks=[("blocks.1.hook_resid_pre", lambda a, hook: a)])  # resets TL hooks
+        torch.testing.assert_close(model(toks), first)
+
+
 def test_gradients_reach_the_features(model):
     toks = tokens(2, 8)
     sae = sae_for(model, "blocks.0.hook_resid_post")

@@ -23,6 +23,11 @@ same activation for an SAE, `y_hat` the reconstruction, `z` the latents):
   fire on more than 10% of them; `latent_density` (per latent) and `density_histogram`
   (log10 density of the live latents).
 
+With `exclude_bos` (the default, as the trainer's `data.exclude_bos`) a leading BOS token,
+whose activations are outliers the dictionary never trained on, is left out of the
+reconstruction metrics and keeps its clean activation in the spliced run; next-token losses
+count every position.
+
 Two passes over the data: the first measures the mean activation for mean ablation, the
 second runs clean, spliced, zero- and mean-ablated forwards per batch. Sums are float64 on
 the device until the end.
@@ -66,12 +71,6 @@ def _capture(name: str, store: dict):
     return hook
 
 
-def _set_to(value_fn):
-    def hook(act, hook):
-        return value_fn(act).to(act.dtype).expand_as(act).clone()
-    return hook
-
-
 def _next_token_stats(logits: torch.Tensor, targets: torch.Tensor, ref_logp: Optional[torch.Tensor] = None):
     """(sum of CE, count) over positions with a target; with `ref_logp` also sum KL(ref || this)."""
     valid = targets != -100
@@ -86,7 +85,8 @@ def _next_token_stats(logits: torch.Tensor, targets: torch.Tensor, ref_logp: Opt
 @torch.no_grad()
 def evaluate(sae: SparseDictionary, model: Any, tokens: int = 50_000, batch_size: int = 32,
              device: Union[None, str, torch.device] = None, *, split: str = "test", seq_len: Optional[int] = None,
-             data: Optional[Iterable] = None, progress: bool = True, check_model: bool = True) -> dict:
+             data: Optional[Iterable] = None, progress: bool = True, check_model: bool = True,
+             exclude_bos: bool = True) -> dict:
     """Metrics of `sae` (module docstring) on `tokens` held-out tokens.
 
     Args:
@@ -98,6 +98,7 @@ def evaluate(sae: SparseDictionary, model: Any, tokens: int = 50_000, batch_size
         data: token batches instead of the task's: a (n, t) tensor, or an iterable of tensors
             / `TokenBatch`es.
         check_model: refuse a dictionary whose `cfg.model` identity differs from the model's.
+        exclude_bos: leave a leading BOS position out (module docstring).
     """
     from interp.checkpoint import load as load_checkpoint
     from interp.training.config import resolve_device
@@ -121,13 +122,22 @@ def evaluate(sae: SparseDictionary, model: Any, tokens: int = 50_000, batch_size
     model.eval()
     sae.eval().to(dev)
     try:
-        return _evaluate(sae, model, batches, progress, check_model)
+        return _evaluate(sae, model, batches, progress, check_model, exclude_bos)
     finally:
         model.train(was_model)
         sae.train(was_sae).to(sae_dev)
 
 
-def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress: bool, check_model: bool) -> dict:
+def _positions(b: TokenBatch, bos: Optional[int]) -> torch.Tensor:
+    """(b, t) bool: the positions whose activations are scored (real, and not a leading BOS)."""
+    m = torch.ones(b.tokens.shape, dtype=torch.bool, device=b.tokens.device) if b.mask is None else b.mask.clone()
+    if bos is not None:
+        m[:, 0] &= b.tokens[:, 0] != bos
+    return m
+
+
+def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress: bool, check_model: bool,
+              exclude_bos: bool) -> dict:
     from tqdm.auto import tqdm
 
     from models import HookedTransformer
@@ -135,6 +145,7 @@ def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress:
     cfg = sae.cfg
     in_name, out_name = cfg.hook_name, cfg.out_hook_name or cfg.hook_name
     dev = batches[0].tokens.device
+    bos = getattr(model.cfg, "bos_token_id", None) if exclude_bos else None
     # pass 1: mean of the replaced activation, for mean ablation
     total = torch.zeros(cfg.d_out, dtype=torch.float64, device=dev)
     count = 0
@@ -143,7 +154,7 @@ def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress:
         model.run_with_hooks(b.tokens, return_type=None, attention_mask=b.mask,
                              fwd_hooks=[(out_name, _capture("y", store))])
         y = _flat(store.pop("y"), cfg.d_out).double()
-        m = torch.ones(y.shape[:2], dtype=torch.bool, device=dev) if b.mask is None else b.mask
+        m = _positions(b, bos)
         total += y[m].sum(0)
         count += int(m.sum())
     mean_act = (total / max(count, 1)).float()
@@ -159,9 +170,10 @@ def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress:
         logits = model.run_with_hooks(b.tokens, attention_mask=b.mask, fwd_hooks=hooks)
         targets = HookedTransformer.next_token_targets(b.tokens, b.mask)
         ce_clean, n_ce, _, logp_clean = _next_token_stats(logits, targets)
+        clean_out = store["y"] if cfg.is_transcoder else store["x"]
         x = _flat(store["x"], cfg.d_in)
         y = _flat(store["y"], cfg.d_out) if cfg.is_transcoder else x
-        m = torch.ones(x.shape[:2], dtype=torch.bool, device=dev) if b.mask is None else b.mask
+        m = _positions(b, bos)
         x, y = x[m], y[m].float()
         y_hat, z = sae(x)
         y_hat = y_hat.float()
@@ -170,12 +182,18 @@ def _evaluate(sae: SparseDictionary, model, batches: list[TokenBatch], progress:
         fires = z > 0
         fire_counts += fires.sum(0).double()
         sum_y += y.double().sum(0)
-        with splice(model, sae, check_model=check_model):
-            ce_sp, _, kl, _ = _next_token_stats(model(b.tokens, attention_mask=b.mask), targets, logp_clean)
-        zero = model.run_with_hooks(b.tokens, attention_mask=b.mask,
-                                    fwd_hooks=[(out_name, _set_to(lambda a: torch.zeros((), device=a.device)))])
-        mean_fn = _set_to(lambda a: mean_act.reshape(a.shape[2:]))
-        mean = model.run_with_hooks(b.tokens, attention_mask=b.mask, fwd_hooks=[(out_name, mean_fn)])
+        # every intervention acts where the metrics look: pads and a leading BOS keep their clean value
+        keep = (~m).reshape(m.shape + (1,) * (clean_out.ndim - 2))
+
+        def at(value_fn):
+            return [(out_name, lambda a, hook: torch.where(keep, clean_out, value_fn(a).to(a.dtype)))]
+
+        with splice(model, sae, check_model=check_model):  # the splice writes first, `at` restores
+            spliced = model.run_with_hooks(b.tokens, attention_mask=b.mask, fwd_hooks=at(lambda a: a))
+        ce_sp, _, kl, _ = _next_token_stats(spliced, targets, logp_clean)
+        zero = model.run_with_hooks(b.tokens, attention_mask=b.mask, fwd_hooks=at(torch.zeros_like))
+        mean = model.run_with_hooks(b.tokens, attention_mask=b.mask,
+                                    fwd_hooks=at(lambda a: mean_act.reshape(a.shape[2:]).expand_as(a)))
         ce_zero = _next_token_stats(zero, targets)[0]
         ce_mean = _next_token_stats(mean, targets)[0]
         sums += torch.stack([
