@@ -12,13 +12,11 @@ stats = features.evaluate(sae, "data/checkpoints/shakespeare_vanilla", tokens=50
 
 Where each part lives: `dictionary.py` (`SparseDictionary`, `DictionaryConfig`, the registry),
 one file per architecture (`relu`, `topk`, `batchtopk`, `jumprelu`, `matryoshka`), `io.py`
-(SAELens's on-disk format), `splice.py` (dictionaries inside a model), `evaluate.py`
+(SAELens's on-disk format), `splicing.py` (dictionaries inside a model), `evaluation.py`
 (L0, FVE, CE loss recovered, ...), `data.py` (token batches of a checkpoint's own task),
 `training/` (the trainer), `cli.py` (`interp features ...`).
 
 Attributes are imported lazily, so `import interp.features` (and the CLI) stays cheap.
-`features.splice` and `features.evaluate` are functions that share their module's name; the
-two modules are callable as well, so the call works whichever one the name resolves to.
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ _WHERE = {
     "DictionaryConfig": "dictionary", "SparseDictionary": "dictionary", "TrainOutput": "dictionary",
     "DictionaryError": "dictionary", "make": "dictionary", "register": "dictionary", "sparse_decode": "dictionary",
     "save": "io", "load": "io",
-    "splice": "splice", "model_identity": "splice", "hook_widths": "splice",
-    "evaluate": "evaluate",
+    "splice": "splicing", "model_identity": "splicing", "hook_widths": "splicing",
+    "evaluate": "evaluation",
     "token_batches": "data", "TokenBatch": "data",
     "train": "training",
 }

@@ -52,7 +52,7 @@ def eval_(
     from interp.training.config import resolve_device
 
     from .dictionary import DictionaryError
-    from .evaluate import evaluate, summary
+    from .evaluation import evaluate, summary
     from .io import load
 
     try:

@@ -44,8 +44,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Optional, Union
 
@@ -310,17 +308,6 @@ def sparse_decode(values: Float[Tensor, "b k"], indices: Tensor, W_dec: Float[Te
                   ) -> Float[Tensor, "b d_out"]:
     """sum_j values[:, j] * W_dec[indices[:, j]] without building the dense (b, d_sae) latents."""
     return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
-
-
-def callable_module(module_name: str, fn) -> None:
-    """Make module `module_name` callable as `fn`: `interp.features.splice` is both a module
-    and a function, and the import system may leave either under the package's name."""
-
-    class _CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return fn(*args, **kwargs)
-
-    sys.modules[module_name].__class__ = _CallableModule
 
 
 # ============================================================================ the module

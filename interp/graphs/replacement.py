@@ -47,8 +47,8 @@ from interp.features import load as load_dictionary
 __all__ = ["GraphError", "Binding", "FrozenNorm", "FrozenAttention", "Replacement", "build", "frozen",
            "load_dictionaries"]
 
-# the config fields that say two models compute different things (features.splice compares the same)
-from interp.features.splice import IDENTITY_FIELDS  # noqa: E402
+# the config fields that say two models compute different things (features.splicing compares the same)
+from interp.features.splicing import IDENTITY_FIELDS  # noqa: E402
 
 
 class GraphError(ValueError):

@@ -37,7 +37,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .dictionary import DictionaryError, SparseDictionary, callable_module
+from .dictionary import DictionaryError, SparseDictionary
 
 IDENTITY_FIELDS = ("name", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab", "n_ctx",
                    "positional", "norm", "ffn", "block", "stream", "attn_only")
@@ -182,4 +182,3 @@ def splice(model: nn.Module, *dicts: SparseDictionary, include_error: bool = Fal
         model.setup()
 
 
-callable_module(__name__, splice)

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import TokenBatch, token_batches
-from .dictionary import DictionaryError, SparseDictionary, callable_module
-from .splice import _flat, splice
+from .dictionary import DictionaryError, SparseDictionary
+from .splicing import _flat, splice
 
 DENSE = 0.1  # a latent firing on more than this share of tokens is "dense"
 HIST_EDGES = [x / 4 for x in range(-32, 1)]  # log10 density bins, 1e-8 .. 1
@@ -243,4 +243,3 @@ def summary(stats: dict) -> dict:
 
 
 __all__ = ["evaluate", "summary", "DENSE"]
-callable_module(__name__, evaluate)
