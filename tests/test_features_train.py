@@ -183,3 +183,23 @@ def test_overrides_and_yaml(tmp_path):
         load_config(file, ["kay=3"])
     with pytest.raises(FeaturesConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_train_and_resume(tmp_path):
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    cfg = tiny(tmp_path / "cli", stop_at=4)
+    cfg["dictionaries"] = {"resid_0": cfg["dictionaries"]["resid_0"]}
+    file = tmp_path / "cli.yaml"
+    file.write_text(yaml.safe_dump(cfg))
+    cli = CliRunner()
+    done = cli.invoke(app, ["features", "train", "--config", str(file), "--set", "train.tokens=2048"])
+    assert done.exit_code == 0, done.output
+    assert done.output.strip().splitlines()[-1] == str(tmp_path / "cli")
+    done = cli.invoke(app, ["features", "train", "--resume", str(tmp_path / "cli"), "--set", "train.stop_at=null"])
+    assert done.exit_code == 0, done.output
+    assert features.load(tmp_path / "cli" / "resid_0").cfg.k == 4
+    bad = cli.invoke(app, ["features", "train", "--config", str(file), "--set", "train.tokenz=5"])
+    assert bad.exit_code == 1 and "train: unknown key(s) ['tokenz']" in bad.output

@@ -74,3 +74,31 @@ def eval_(
             out / "density.html", include_plotlyjs="directory")
         plots.dictionary_eval_losses(stats, title=name).write_html(out / "losses.html", include_plotlyjs="directory")
     typer.echo(json.dumps(summary(stats), indent=2))
+
+
+@app.command("train")
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (configs/features/*.yaml)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. train.tokens=2e6, k=32 or "
+                                   "dictionaries.resid_0.d_sae=1024 (repeatable)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Features run dir (its last checkpoint) or a "
+                                          "checkpoint to continue from."),
+) -> None:
+    """Train the config's dictionaries from one model forward (interp.features.training); prints
+    the run directory. Under torchrun the token stream splits across processes."""
+    import os
+
+    from interp.checkpoint import CheckpointError
+    from interp.training.config import TrainConfigError
+
+    from .dictionary import DictionaryError
+    from .training import run
+
+    if config is None and resume is None:
+        _fail("give --config PATH (or --resume RUN_DIR)")
+    try:
+        _, run_dir = run(config, list(set_), resume=resume)
+    except (TrainConfigError, CheckpointError, DictionaryError) as e:
+        _fail(str(e))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(str(run_dir))
