@@ -14,7 +14,8 @@ Where each part lives: `dictionary.py` (`SparseDictionary`, `DictionaryConfig`, 
 one file per architecture (`relu`, `topk`, `batchtopk`, `jumprelu`, `matryoshka`), `io.py`
 (SAELens's on-disk format), `splicing.py` (dictionaries inside a model), `evaluation.py`
 (L0, FVE, CE loss recovered, ...), `data.py` (token batches of a checkpoint's own task),
-`training/` (the trainer), `cli.py` (`interp features ...`).
+`training/` (the trainer), `dashboards/` (feature dashboards: top contexts, activation bins,
+logit effects, on disk), `cli.py` (`interp features ...`).
 
 Attributes are imported lazily, so `import interp.features` (and the CLI) stays cheap.
 """
@@ -32,6 +33,8 @@ _WHERE = {
     "evaluate": "evaluation",
     "token_batches": "data", "TokenBatch": "data",
     "train": "training",
+    "dashboard": "dashboards", "open_dashboards": "dashboards", "DashboardStore": "dashboards",
+    "LatentDashboard": "dashboards",
 }
 
 __all__ = sorted([*_WHERE, "ARCHITECTURES"])

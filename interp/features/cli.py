@@ -2,6 +2,7 @@
 
 ```bash
 interp features eval out/sae --ckpt data/checkpoints/shakespeare_vanilla --tokens 50000 --out out/sae_eval
+interp features dashboard out/sae --ckpt data/checkpoints/shakespeare_vanilla --tokens 200000 --out out/sae/dashboard
 ```
 """
 
@@ -102,3 +103,45 @@ def train(
         _fail(str(e))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(str(run_dir))
+
+
+@app.command("dashboard")
+def dashboard_(
+    dictionary: Path = typer.Argument(..., help="Dictionary directory (cfg.json + sae_weights.safetensors)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Model checkpoint (default: the one the dictionary "
+                                        "records)."),
+    tokens: int = typer.Option(200_000, "--tokens", min=1, help="Held-out tokens the dashboards are computed over."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Store directory (default: DICT/dashboard)."),
+    split: str = typer.Option("test", "--split", help="Task split the tokens come from: train | val | test."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Cut rows to this many tokens."),
+    device: str = typer.Option("auto", "--device"),
+    context: str = typer.Option("24,8", "--context", help="Tokens shown before,after each activation."),
+    show: int = typer.Option(5, "--show", min=0, help="Print the summaries of this many densest latents."),
+) -> None:
+    """Per-latent dashboards (top contexts, activation bins, histogram, density, logit effect,
+    decoder neighbours) into a store a page opens from disk; prints a JSON summary."""
+    from interp.checkpoint import CheckpointError
+
+    from .dashboards import dashboard
+    from .dictionary import DictionaryError
+
+    try:
+        before, after = (int(x) for x in context.split(","))
+    except ValueError:
+        _fail(f"--context {context!r}: give two integers, before,after (e.g. 24,8)")
+    try:
+        store = dashboard(dictionary, None if ckpt is None else str(ckpt), tokens=tokens, out=out, split=split,
+                          batch_size=batch_size, seq_len=seq_len, device=device, context=(before, after))
+    except (DictionaryError, CheckpointError) as e:
+        _fail(str(e))
+    table = store.table()
+    density = table["density"]
+    order = sorted(range(len(density)), key=lambda i: -density[i])[:show]
+    m = store.manifest
+    typer.echo(json.dumps({
+        "store": str(store.dir), "d_sae": store.d_sae, "n_tokens": m["tokens"]["n_scored"],
+        "dead": int((density == 0).sum()), "elapsed_s": m["elapsed_s"], "device": m["device"],
+        "logit_effect": m["logit_effect"],
+        "densest": [{"latent": i, "density": round(float(density[i]), 5), "summary": table["summary"][i]} for i in order],
+    }, indent=2, ensure_ascii=False))
