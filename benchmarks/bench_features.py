@@ -23,12 +23,16 @@ The task (issue 23, item 6): a TopK SAE with d_sae = 16 x 768 = 12,288, k = 32, 
   directory SAELens saved; its own forward's FVE is reported beside it).
 * **Contenders** (each trains `--tokens` tokens; all at lr 3e-4, SAELens's default):
   `ours` (`interp.features.training`: bf16 buffer and autocast, compiled step captured as a
-  CUDA graph), `ours_fp32` (fp32 buffer, TF32 matmuls: is bf16 free?), `minimal` (written
+  CUDA graph), `ours_fp32` (fp32 buffer, TF32 matmuls: is bf16 free? run last), `minimal` (written
   here: compiled forward to layer 6 + compiled TopK step + fused Adam, no buffer),
   `saelens_defaults` (n_batches_in_buffer=32, the smallest that runs), `saelens_speed`
   (autocast, autocast_lm, compile_llm, compile_sae, store_batch_size_prompts=512),
   `ours_multi4` (k = 16, 32, 64, 128 from one forward) vs `ours_separate4` (the same four as
   four runs; `ours` is the k = 32 one).
+* **Budget.** Contenders run in the order ours, minimal, saelens_defaults, saelens_speed,
+  ours_multi4, ours_separate4, ours_fp32; one that would start after `--budget-s` is skipped
+  (and says so); `--only a,b` runs a subset (e.g. the rest, in a second call). The JSON is
+  rewritten after every contender.
 * **Throughput.** `tokens_per_s_steady`: after the first 10 % of steps (compilation, capture,
   the first buffer fill behind); `tokens_per_s_end_to_end`: the whole run including them.
 
@@ -323,6 +327,9 @@ def main(argv=None) -> dict:
             sync(device)
             out = fn()
             result["contenders"][name] = out
+            if args.out:  # what is done so far survives a run cut off later
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(result, indent=2, default=str))
             print(f"[bench_features] {name}: " + json.dumps({k: v for k, v in out.items() if not isinstance(v, dict)}),
                   file=sys.stderr, flush=True)
             return out
@@ -338,7 +345,6 @@ def main(argv=None) -> dict:
         return r
 
     contender("ours", lambda: ours([s["k"]]))
-    contender("ours_fp32", lambda: ours([s["k"]], "fp32", "ours_fp32"))
 
     def minimal():
         r = run_minimal(model, s, data["train"], device, compile_)
@@ -390,6 +396,7 @@ def main(argv=None) -> dict:
                     "fve_heldout": {n: next(iter(r["fve_heldout"].values())) for n, r in runs.items()}}
 
         contender("ours_separate4", separate)
+    contender("ours_fp32", lambda: ours([s["k"]], "fp32", "ours_fp32"))  # last: the least needed
 
     # ratios, measured side by side in this run
     c = result["contenders"]
