@@ -15,7 +15,7 @@ one file per architecture (`relu`, `topk`, `batchtopk`, `jumprelu`, `matryoshka`
 (SAELens's on-disk format), `splicing.py` (dictionaries inside a model), `evaluation.py`
 (L0, FVE, CE loss recovered, ...), `data.py` (token batches of a checkpoint's own task),
 `training/` (the trainer), `dashboards/` (feature dashboards: top contexts, activation bins,
-logit effects, on disk), `cli.py` (`interp features ...`).
+logit effects, on disk), `steering.py` (steer with / ablate a feature), `cli.py` (`interp features ...`).
 
 Attributes are imported lazily, so `import interp.features` (and the CLI) stays cheap.
 """
@@ -35,6 +35,7 @@ _WHERE = {
     "train": "training",
     "dashboard": "dashboards", "open_dashboards": "dashboards", "DashboardStore": "dashboards",
     "LatentDashboard": "dashboards",
+    "steer": "steering", "ablate": "steering", "Intervention": "steering", "SteeringError": "steering",
 }
 
 __all__ = sorted([*_WHERE, "ARCHITECTURES"])

@@ -145,3 +145,48 @@ def dashboard_(
         "logit_effect": m["logit_effect"],
         "densest": [{"latent": i, "density": round(float(density[i]), 5), "summary": table["summary"][i]} for i in order],
     }, indent=2, ensure_ascii=False))
+
+
+@app.command("steer")
+def steer_(
+    dictionary: Path = typer.Argument(..., help="Dictionary directory."),
+    latent: list[int] = typer.Option(..., "--latent", help="Latent to steer with (or, with --ablate, to zero; repeatable)."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt text."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Model checkpoint (default: the dictionary's)."),
+    alpha: float = typer.Option(0.0, "--alpha", help="Added alpha x the latent's decoder direction (latent units)."),
+    ablate: bool = typer.Option(False, "--ablate", help="Zero the latent(s) instead of steering."),
+    pos: Optional[list[int]] = typer.Option(None, "--pos", help="Prompt positions only (repeatable; default all)."),
+    new: int = typer.Option(20, "--new", min=0, help="Greedy tokens generated before / after."),
+    k: int = typer.Option(10, "--k", min=1, help="Next tokens listed."),
+) -> None:
+    """Steer with a feature (add alpha x its decoder direction at its hook) or ablate features,
+    and print the next-token distribution and greedy continuation before / after (JSON)."""
+    import interp
+    from interp.checkpoint import CheckpointError
+
+    from .dictionary import DictionaryError
+    from .io import load
+    from .steering import ablate as ablate_fn, steer
+
+    try:
+        sae = load(dictionary)
+        source = ckpt if ckpt is not None else sae.cfg.model.get("checkpoint")
+        if source is None:
+            _fail(f"{dictionary}: the dictionary records no checkpoint; pass --ckpt MODEL")
+        model, tok = interp.load(str(source))
+        if ablate:
+            r = ablate_fn(model, sae, list(latent), prompt, positions=pos, max_new_tokens=new, k=k)
+        else:
+            if len(latent) != 1:
+                _fail("steering takes one --latent (several are for --ablate)")
+            r = steer(model, sae, latent[0], prompt, alpha=alpha, positions=pos, max_new_tokens=new, k=k)
+    except (DictionaryError, CheckpointError) as e:
+        _fail(str(e))
+
+    def side(d):
+        return {"top": [{"token": tok.decode([i]), "id": i, "prob": round(p, 5)} for i, p in d.top],
+                "continuation": tok.decode(d.continuation)}
+
+    typer.echo(json.dumps({"latents": r.latents, "alpha": r.alpha, "positions": r.positions, "hook": r.hook,
+                           "kl": round(r.kl, 6), "before": side(r.before), "after": side(r.after)},
+                          indent=2, ensure_ascii=False))
