@@ -153,9 +153,8 @@ class FeaturesTrainer:
         self.producer = ActivationProducer(self.model, hooks, self.amp, compile=want_compile, graphs=self.graphs)
         self.buffer = ActivationBuffer(self.source, self.producer, t["buffer_tokens"], t["batch_tokens"], t["seed"],
                                        self.buffer_dtype, gather=g.gather if g.distributed else None)
-        self.producer.graphs = False  # a probe forward of one sequence: the hooks' widths
-        widths = {h: a.shape[-1] for h, a in self.producer(self.source.batch(0)[0][:1]).items()}
-        self.producer.graphs = self.graphs
+        with torch.no_grad():  # the hooks' widths, from one sequence (eager: no compile for this shape)
+            widths = {h: a.shape[-1] for h, a in self.producer._forward(self.source.batch(0)[0][:1]).items()}
 
         # the dictionaries (each initialised from its own seed: the same alone or in company)
         identity = model_identity(self.model, cfg["checkpoint"])
