@@ -14,6 +14,7 @@ URL (app/state.py); pages are modules in app/views/.
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 from pathlib import Path
@@ -27,6 +28,8 @@ if str(ROOT) not in sys.path:
 st.set_page_config(page_title="interp explorer", layout="wide")
 st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}</style>")  # more room for figures
 _cold = "app.data" not in sys.modules
+if _cold:  # no garbage collections while torch, transformer_lens & co. import (about a fifth of
+    gc.disable()  # their import time: ~470k objects scanned again and again); see settle_gc()
 _boot = st.empty()
 if _cold:  # first run in this server: say what is happening while torch imports (seconds), and
     # draw hidden stand-ins of the first page's elements so the browser fetches and compiles
@@ -46,9 +49,23 @@ if _cold:  # first run in this server: say what is happening while torch imports
 
             components.figure_export("-", "-")
 
-from app import data, state, views  # noqa: E402
+try:
+    from app import data, state, views  # noqa: E402
+except BaseException:
+    gc.enable()
+    raise
 
 _boot.empty()
+
+
+def settle_gc() -> None:
+    """After the first run's imports and checkpoint load: those objects live as long as the
+    server, so freeze them out of every later collection, then collect again as usual.
+    Streamlit runs gc.collect(2) after each script run; with torch and transformer_lens in
+    the heap that took 0.3-1 s per rerun (on 2 cores), holding the GIL while the next click
+    waited. Frozen, it takes milliseconds."""
+    gc.freeze()
+    gc.enable()
 
 OTHER = "(a directory: type it below)"
 
@@ -142,7 +159,11 @@ def main() -> None:
                    f"{', '.join(f'`{r}`' for r in data.allowed_roots())}.")
     nav = sb.container()
     notes = st.container()
-    picked = pick_checkpoint(view, sb)
+    try:
+        picked = pick_checkpoint(view, sb)
+    finally:
+        if _cold:
+            settle_gc()
     if picked is None:
         view.sync()
         return

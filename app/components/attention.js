@@ -234,7 +234,8 @@ function drawBase(S) {
   S.z = z;
   S.title.textContent = `${panelName(S)} · ${T} tokens · rows = query, columns = key` +
     (S.cur.pos >= 0 ? ` · pinned ${S.cur.dir === "to" ? "key" : "query"} ${S.cur.pos} ${S.labels[S.cur.pos]}` : "");
-  S.note.textContent = g.step > 1 ? `Axis labels: every ${g.step}th token, with its position (${T} tokens); hover a cell for its tokens.` : "";
+  const nth = g.step + ({ 2: "nd", 3: "rd" }[g.step] || "th");
+  S.note.textContent = g.step > 1 ? `Axis labels: every ${nth} token, with its position (${T} tokens); hover a cell for its tokens.` : "";
   S.note.style.display = g.step > 1 ? "" : "none";
   S.legend.innerHTML = "";
   el("span", "", S.legend, "0");

@@ -18,6 +18,7 @@ No torch here: the sidebar draws before the model code imports.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -37,10 +38,15 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 def _cli(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The explorer's own arguments, after `streamlit run app/explorer.py --`."""
+    return _parse(tuple(sys.argv[1:] if argv is None else argv))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(argv: tuple[str, ...]) -> argparse.Namespace:  # every rerun asks: parse once
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--allow-root", action="append", default=[])
-    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args, _ = parser.parse_known_args(list(argv))
     return args
 
 

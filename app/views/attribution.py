@@ -14,7 +14,7 @@ from interp import plots
 from .. import data
 from ..data import AppError
 from ..state import set_param
-from .common import Ctx, chart, export, grid_point
+from .common import Ctx, chart, export, grid_point, working
 from .lens import _token_id
 
 TITLE = "Attribution"
@@ -70,7 +70,8 @@ def render(ctx: Ctx) -> None:
     target = None if mode == "next" else data.top1(ctx.key, ids) if mode == "top1" else _token_id(ck, typed)
     wrong = _token_id(ck, wrong_text) if wrong_text else None
     try:
-        dla = data.logit_attribution(ctx.key, ids, target, wrong)
+        with working("Attributing the logit to every head and MLP at every position"):
+            dla = data.logit_attribution(ctx.key, ids, target, wrong)
     except data.Unsupported as e:
         st.warning(str(e))
         return

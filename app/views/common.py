@@ -112,6 +112,12 @@ def head_picker(ctx: Ctx, label: str = "Head", container=None) -> int:
     return head
 
 
+def working(what: str):
+    """A spinner with a running clock for a step that may take seconds (shown only past
+    half a second, so cached reruns do not flicker): `with working("Scoring heads"): ...`."""
+    return st.spinner(f"{what}…", show_time=True)
+
+
 def prompt_head(labels: Sequence[str], n: int, most: int = 24) -> str:
     """The first `n` tokens as quoted text: whole up to `most` tokens, else "…" and the
     last `most` (never a cut-off number that reads as another)."""

@@ -15,7 +15,7 @@ from interp import plots
 from .. import data
 from ..data import AppError
 from ..state import set_param
-from .common import Ctx, chart, export, grid_point
+from .common import Ctx, chart, export, grid_point, working
 
 TITLE = "Logit lens"
 
@@ -36,7 +36,8 @@ def render(ctx: Ctx) -> None:
                 placeholder="e.g. 0 or ␣", help="Colour every cell by the probability of this one token instead of "
                 "the next token. It must be exactly one token of this tokenizer; ␣ stands for a space.")
     target_id = _token_id(ck, target) if target else None
-    res = data.lens(ctx.key, ids, stream, k, target_id)
+    with working("Reading every layer through the unembedding"):
+        res = data.lens(ctx.key, ids, stream, k, target_id)
     vocab = data.decode_list(ck)
     # default position: the last one that has a target (the last position has no next token)
     default = T - 1 if target_id is not None else max(0, T - 2)

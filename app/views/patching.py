@@ -17,7 +17,7 @@ from interp import plots
 from .. import components, data
 from ..data import AppError
 from ..state import set_param
-from .common import Ctx, chart, export, grid_point
+from .common import Ctx, chart, export, grid_point, working
 from .steps import MISMATCH
 
 TITLE = "Patching"
@@ -56,7 +56,8 @@ def _text(ck, ids) -> str:
 def _corrupted(ctx: Ctx, p) -> tuple[tuple[int, ...], str, Optional[list[int]]]:
     """(corrupted ids, what was changed, metric positions the default corruption was chosen for)."""
     ck, view = ctx.ck, ctx.view
-    made, how, reads = data.default_corruption(ck, p.ids)
+    with working("Finding a corrupted twin of the prompt (one change that moves the model's answer)"):
+        made, how, reads = data.default_corruption(ck, p.ids)
     default = _text(ck, made) if made is not None else ""
     text = view.get("corrupt") or default
     view.widget("text_area", "corrupt", "Corrupted prompt (same number of tokens)", value=text, height=90,
@@ -139,7 +140,8 @@ def render(ctx: Ctx) -> None:
                 help="On: (patched − base) / (source − base), so 1 = the patch moves the metric all the way to the "
                      "source run's value. Off: patched − base, in the metric's units.")
 
-    good, bad, source = data.answers(ctx.key, ids, cor, positions)
+    with working("Reading both runs' answers"):
+        good, bad, source = data.answers(ctx.key, ids, cor, positions)
     strip_colors = [MISMATCH if d else None for d in differ]
     components.token_strip("patch_clean", p.labels, colors=strip_colors, prefix="clean: ",
                            titles=[f"{i}: {t}" for i, t in enumerate(p.labels)], selected=positions[-1])
@@ -160,66 +162,80 @@ def render(ctx: Ctx) -> None:
         return
 
     chosen = list(acts)
+    header = st.container()  # the metric's values and the colour legend, once the first sweep is in
     bar = st.progress(0.0, text="Patching…")
+    slots = _slots(ctx, chosen, T)
     results = {}
-    for i, act in enumerate(chosen):
+    for i, act in enumerate(chosen):  # each map is drawn as soon as its sweep is done
         def report(done: int, total: int, i=i, act=act) -> None:
             bar.progress(min(1.0, (i + done / max(total, 1)) / len(chosen)),
                          text=f"Patching {act}: {done}/{total} sites (sweep {i + 1} of {len(chosen)})")
         results[act] = data.patch_sweep(ctx.key, ids, cor, act, metric, tuple(positions), good, bad, direction,
                                         tuple(show), progress=report)
+        if i == 0:
+            normalized = _header(header, results[act], what, direction, normalized)
+        _map(ctx, results[act], act, normalized, slots[act])
     bar.empty()
-    first = results[chosen[0]]
-    clean_v, cor_v = (first.source, first.baseline) if direction == "denoise" else (first.baseline, first.source)
-    st.markdown(f"**Metric**: {what}. Clean run **{float(clean_v):.3f}**, corrupted run **{float(cor_v):.3f}**.")
-    if abs(float(first.source - first.baseline)) < 1e-6 and normalized:
-        st.warning("The clean and corrupted runs score the same on this metric, so normalized effects are undefined; "
-                   "colours show the raw change instead.")
-        normalized = False
-    _maps(ctx, results, chosen, normalized, T)
+    _table(ctx, results, chosen, normalized, slots["table"])
 
 
-def _maps(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, T: int) -> None:
-    cfg, view = ctx.cfg, ctx.view
-    layer, head = ctx.layer(), ctx.head()
-    pos = view.get("pos")
-    stream_acts = [a for a in chosen if results[a].dims == ("layer", "pos")]
-    head_acts = [a for a in chosen if results[a].dims == ("layer", "head")]
-    what = "normalized effect" if normalized else "change of the metric"
-    st.caption(f"Colour: the {what} of patching each site ({results[chosen[0]].direction}); blue raises the metric, "
-               "red lowers it. Click a cell to select that layer and position (or head) on every page. Positions "
-               "after the last one the metric reads cannot change it and are left out.")
-    keys = []
+def _slots(ctx: Ctx, chosen: list[str], T: int) -> dict:
+    """Where each map goes (the layer x position maps in rows, the layer x head map beside the
+    table of largest effects), laid out before the sweeps run."""
+    stream_acts = [a for a in chosen if a != "z"]
+    slots = {}
     n_cols = 1 if T > WIDE else 2
-    h = max(260, 120 + 42 * cfg.n_layers)
     for j in range(0, len(stream_acts), n_cols):
-        cols = st.columns(n_cols)
-        for col, act in zip(cols, stream_acts[j:j + n_cols]):
-            res = results[act]
-            sel = (layer, res.index["pos"].index(pos)) if pos in res.index["pos"] else None
-            fig = plots.patching_heatmap(res, normalized=normalized, title=f"{act}: layer × position",
-                                         selected=sel, clickable=True)
-            plots.token_axis(fig, "x", len(res.index["pos"]))
-            chart(fig.update_layout(height=h, margin=dict(t=50, b=40)), f"patch_{act}",
-                  on_point=lambda pt, res=res: _select(res, pt), container=col)
-            keys.append(f"patch_{act}")
-    left, right = st.columns([2, 3])
-    for act in head_acts:
-        res = results[act]
+        for col, act in zip(st.columns(n_cols), stream_acts[j:j + n_cols]):
+            slots[act] = col.empty()
+    left, right = st.columns([2, 3]) if "z" in chosen else (None, st.container())
+    if "z" in chosen:
+        slots["z"] = left.empty()
+    slots["table"] = right.empty()
+    return slots
+
+
+def _header(box, first, what: str, direction: str, normalized: bool) -> bool:
+    """The metric line and colour legend; returns whether colours can be normalized."""
+    clean_v, cor_v = (first.source, first.baseline) if direction == "denoise" else (first.baseline, first.source)
+    box.markdown(f"**Metric**: {what}. Clean run **{float(clean_v):.3f}**, corrupted run **{float(cor_v):.3f}**.")
+    if abs(float(first.source - first.baseline)) < 1e-6 and normalized:
+        box.warning("The clean and corrupted runs score the same on this metric, so normalized effects are undefined; "
+                    "colours show the raw change instead.")
+        normalized = False
+    shown = "normalized effect" if normalized else "change of the metric"
+    box.caption(f"Colour: the {shown} of patching each site ({first.direction}); blue raises the metric, "
+                "red lowers it. Click a cell to select that layer and position (or head) on every page. Positions "
+                "after the last one the metric reads cannot change it and are left out.")
+    return normalized
+
+
+def _map(ctx: Ctx, res, act: str, normalized: bool, slot) -> None:
+    layer, head, pos = ctx.layer(), ctx.head(), ctx.view.get("pos")
+    h = max(260, 120 + 42 * ctx.cfg.n_layers)
+    if res.dims == ("layer", "head"):
         fig = plots.patching_heatmap(res, normalized=normalized, title=f"{act}: layer × head", selected=(layer, head),
                                      clickable=True)
-        chart(fig.update_layout(height=h, margin=dict(t=50, b=40)), f"patch_{act}",
-              on_point=lambda pt, res=res: _select(res, pt), container=left)
-        keys.append(f"patch_{act}")
+    else:
+        sel = (layer, res.index["pos"].index(pos)) if pos in res.index["pos"] else None
+        fig = plots.patching_heatmap(res, normalized=normalized, title=f"{act}: layer × position", selected=sel,
+                                     clickable=True)
+        plots.token_axis(fig, "x", len(res.index["pos"]))
+    chart(fig.update_layout(height=h, margin=dict(t=50, b=40)), f"patch_{act}",
+          on_point=lambda pt, res=res: _select(res, pt), container=slot)
+
+
+def _table(ctx: Ctx, results: dict, chosen: list[str], normalized: bool, slot) -> None:
+    what = "normalized effect" if normalized else "change of the metric"
     rows = []
     for act in chosen:
         rows += _top_sites(results[act], act, normalized, what)
-    with right if head_acts else st.container():
+    with slot.container():
         st.markdown("**Largest effects**")
         st.dataframe(pd.DataFrame(rows).sort_values(what, key=abs, ascending=False).head(12), hide_index=True,
                      width="stretch")
     name = ctx.ck.name.replace("/", "_")
-    export(f"{name}_patching", key="patch_export", charts=keys,
+    export(f"{name}_patching", key="patch_export", charts=[f"patch_{a}" for a in chosen],
            table=lambda: pd.concat([results[a].to_frame().assign(act=a) for a in chosen], ignore_index=True),
            arrays=lambda: {f"{a}_{k}": v for a in chosen for k, v in
                            (("values", results[a].values.numpy()), ("normalized", results[a].normalized().numpy()))}

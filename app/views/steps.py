@@ -13,7 +13,7 @@ from interp import plots
 from .. import components, data
 from ..data import AppError
 from ..state import set_param
-from .common import Ctx, chart, export, prompt_head
+from .common import Ctx, chart, export, prompt_head, working
 
 TITLE = "Step-by-step"
 TOP_K = 10
@@ -69,7 +69,8 @@ def render(ctx: Ctx) -> None:
                 disabled=greedy)
 
     prompt_ids, target = ids[:cut], list(ids[cut:])
-    trace = data.steps_trace(ctx.key, prompt_ids, n_new, TOP_K, greedy, temp, seed, stop)
+    with working(f"Generating up to {n_new} tokens"):
+        trace = data.steps_trace(ctx.key, prompt_ids, n_new, TOP_K, greedy, temp, seed, stop)
     if not trace:
         st.info("Nothing was generated.")
         return

@@ -11,7 +11,7 @@ from interp import plots
 
 from .. import data
 from ..state import set_param
-from .common import Ctx, chart, export, grid_point, labelled, layer_picker
+from .common import Ctx, chart, export, grid_point, labelled, layer_picker, working
 
 TITLE = "Streams"
 NORMS = {"layer": "per layer (each row its own scale)", "log": "log scale", "linear": "one linear scale"}
@@ -28,7 +28,8 @@ def render(ctx: Ctx) -> None:
     view, cfg = ctx.view, ctx.cfg
     p = ctx.prompt()
     ids, T = p.ids, len(p)
-    n = data.norms(ctx.key, ids)
+    with working("Measuring the streams"):
+        n = data.norms(ctx.key, ids)
     pos = ctx.pos(T, T - 1)
     norm = view.choice("norm", list(NORMS))
     view.widget("radio", "norm", "Colours", value=norm, options=list(NORMS), format_func=NORMS.get, horizontal=True)

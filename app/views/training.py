@@ -15,7 +15,7 @@ from interp import plots
 
 from .. import data
 from ..state import set_param
-from .common import Ctx, chart, export
+from .common import Ctx, chart, export, working
 
 TITLE = "Training"
 LAST = ("lr", "grad_norm", "tokens_per_s", "tokens_seen", "n_examples", "n_tokens", "n_generated", "seq_len",
@@ -129,7 +129,8 @@ def _nearest(steps: list[int], x) -> int:
 def render(ctx: Ctx) -> None:
     run, view = ctx.run, ctx.view
     file = run.metrics_file
-    series = _series(str(file), file.stat().st_mtime)
+    with working(f"Reading {file.name}"):
+        series = _series(str(file), file.stat().st_mtime)
     if not series:
         st.info(f"`{file}` holds no numeric series yet.")
         return
