@@ -58,6 +58,8 @@ from .data import ExampleTensors, TrainData
 from .loop import Sinks, Trainer, info, register_trainer
 
 MODES = ("coconut", "pause", "cot", "no_cot")
+# tasks whose val and test splits do not depend on n_train (drawn first, by sampling)
+TEST_FIRST = ("graph", "rules", "prosqa")
 COCONUT_DEFAULTS: dict[str, Any] = dict(
     mode="coconut",
     c_thought=1,  # latent slots per replaced step
@@ -336,6 +338,65 @@ def _answer_correct(new: Sequence[int], answer: Sequence[int], eos: int, eot: in
         new = new[new.index(eot) + 1 :]
     want = list(answer) if answer and answer[-1] == eos else list(answer) + [eos]
     return new[: len(want)] == want
+
+
+def coconut_run_options(meta: dict) -> Optional[dict]:
+    """`train.coconut` (defaults filled) of a checkpoint's config, or None when the run did not
+    use `train.trainer: coconut`."""
+    train = ((meta.get("training") or {}).get("run_config") or {}).get("train") or {}
+    return coconut_options(train.get("coconut")) if train.get("trainer") == "coconut" else None
+
+
+def describe_mode(o: dict) -> str:
+    """How a model of these options answers (what `evaluate_coconut` runs), in words."""
+    n = o["c_thought"] * o["max_latent_stage"]
+    count = f"{n}" if o["pad_latent_to_max"] else f"one per CoT step (c_thought {o['c_thought']}), at most {n}"
+    return {"coconut": f"Coconut: {count} continuous thought(s) after <bot> (thought = {o['thought']}), then <eot> "
+                       "and the greedy answer",
+            "pause": f"pause as thought: {count} <latent> token(s) after <bot>, then <eot> and the greedy answer",
+            "cot": "CoT: writes its chain of thought after <bot>, then <eot> and the answer (greedy)",
+            "no_cot": "No-CoT: the answer right after the question (greedy)"}[o["mode"]]
+
+
+def evaluate_coconut_checkpoint(model, meta: dict, split: str = "val", *, device: torch.device,
+                                batch_size: int = 32, max_batches: Optional[int] = None, n_generate: int = 64,
+                                amp: Optional[torch.dtype] = None, task: Any = None) -> dict:
+    """`interp eval` for a `train.trainer: coconut` checkpoint, in the mode it was trained in at
+    its last stage: the teacher-forced loss of that layout (first `batch_size * max_batches`
+    examples) and `evaluate_coconut`'s greedy accuracy and token counts (first `n_generate`)."""
+    from .config import build_task
+
+    o = coconut_run_options(meta)
+    if o is None:
+        raise TrainConfigError("not a Coconut checkpoint (train.trainer is not coconut)")
+    if task is None:
+        task_cfg = dict(meta["task"])
+        if split != "train" and task_cfg.get("name") in TEST_FIRST:
+            task_cfg["n_train"] = 0  # same val/test splits, without drawing the training set
+        task = build_task(task_cfg)
+    staged = StagedTask(task, o)
+    if staged.tokenizer.vocab_size > model.cfg.d_vocab:
+        raise TrainConfigError(f"the task's vocabulary ({staged.tokenizer.vocab_size} tokens, <latent> included) does "
+                               f"not fit the model's d_vocab={model.cfg.d_vocab}")
+    stage = final_stage(o) if o["mode"] in ("coconut", "pause") else 0
+    n = batch_size * max_batches if max_batches else None
+    examples = staged.examples(split, stage, n=n)
+    forward = LatentReasoner(model, staged.latent_id, thought=o["thought"]) if o["mode"] == "coconut" else model
+    pad = staged.tokenizer.pad_token_id or 0
+    was_training = model.training
+    model.eval()
+    try:
+        metrics: dict[str, Any] = {"split": split, "mode": o["mode"], "evaluated_as": describe_mode(o), "stage": stage,
+                                   "loss": stage_loss(forward, examples, pad, device, batch_size, amp),
+                                   "n_examples": len(examples)}
+    finally:
+        model.train(was_training)
+    if n_generate > 0:
+        gen = evaluate_coconut(model, staged, split, n=n_generate, batch_size=max(batch_size, 1), device=device, amp=amp)
+        metrics.update(accuracy=gen["accuracy"], exact_match=gen["accuracy"], n_generated=gen["n_examples"],
+                       mean_generated_tokens=gen["mean_generated_tokens"],
+                       mean_language_tokens=gen["mean_language_tokens"])
+    return metrics
 
 
 @torch.no_grad()

@@ -181,7 +181,10 @@ def exact_match(model: HookedTransformer, pairs: Optional[Sequence[tuple[list[in
 
 def evaluate_checkpoint(path, split: str = "val", *, device: str = "auto", batch_size: int = 32,
                         max_batches: Optional[int] = None, n_generate: int = 64) -> dict:
-    """Load a checkpoint, rebuild its task from config.json and evaluate it."""
+    """Load a checkpoint, rebuild its task from config.json and evaluate it. A checkpoint of
+    `train.trainer: coconut` is evaluated in the mode it was trained in (Coconut thoughts, pause
+    tokens, CoT, No-CoT; `interp.training.coconut.evaluate_coconut_checkpoint`), and `mode` /
+    `evaluated_as` say which."""
     from .. import checkpoint as ckpt_lib
 
     dev = resolve_device(device)
@@ -192,8 +195,15 @@ def evaluate_checkpoint(path, split: str = "val", *, device: str = "auto", batch
     task = build_task(cfg["task"])
     if tokenizer is None:
         tokenizer = task.tokenizer
-    metrics = evaluate(model, tokenizer, task, split, batch_size=batch_size, max_batches=max_batches,
-                       n_generate=n_generate, device=dev, autocast=autocast_dtype("auto", dev))
+    from .coconut import coconut_run_options, evaluate_coconut_checkpoint
+
+    if coconut_run_options(cfg) is not None:  # latent / pause / CoT runs answer the way they were trained
+        metrics = evaluate_coconut_checkpoint(model, cfg, split, device=dev, batch_size=batch_size,
+                                              max_batches=max_batches, n_generate=n_generate,
+                                              amp=autocast_dtype("auto", dev))
+    else:
+        metrics = evaluate(model, tokenizer, task, split, batch_size=batch_size, max_batches=max_batches,
+                           n_generate=n_generate, device=dev, autocast=autocast_dtype("auto", dev))
     metrics["checkpoint"] = str(ckpt_lib.resolve(path))
     metrics["step"] = (cfg.get("training") or {}).get("step")
     return metrics
