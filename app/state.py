@@ -77,6 +77,12 @@ PARAMS: dict[str, Param] = {
     "acts": Param("list", None, "Patching: activations swept (default: resid_pre, attn_out, mlp_out, z; + xt_pre, "
                   "xe_pre for factored models)"),
     "pnorm": Param("bool", True, "Patching: colour by the normalized effect (else the metric's raw change)"),
+    # Features
+    "dict": Param("str", None, "Features: the dictionary (one of the names the page lists; default: the first)"),
+    "latent": Param("int", 0, "Features: the latent whose dashboard is shown"),
+    "fmode": Param("str", "steer", "Features: steer (add alpha x the latent's decoder direction) | ablate (zero it)"),
+    "alpha": Param("float", None, "Features: steering strength in units of the latent's activation (default: twice its max)"),
+    "where": Param("str", "all", "Features: steer / ablate at every position (all) or at the selected one (pos)"),
     # Latent thoughts
     "split": Param("str", "test", "Latent thoughts: test | val"),
     "index": Param("int", 0, "Latent thoughts: example index in the split"),

@@ -695,3 +695,75 @@ def dictionary_eval_losses(stats: dict, title: str = "") -> go.Figure:
             f"(vs mean {stats['ce_recovered_mean']:.3f}) · dead {stats['dead_fraction']:.1%}")
     fig.update_layout(title=(title + "<br>" if title else "") + head, yaxis_title="next-token loss (nats)")
     return fig
+
+
+# ---------------------------------------------------------------------- feature dashboards
+def _shown(piece: str) -> str:
+    return piece.replace("\n", "↵").replace(" ", "␣").replace("\t", "⇥") or "∅"
+
+
+def feature_activation_histogram(dash, title: Optional[str] = None, n_intervals: int = 10) -> go.Figure:
+    """A latent's activations where it fires (`features.LatentDashboard`): the histogram of
+    (0, max], with the boundaries of its sampled activation bins dotted."""
+    edges = np.asarray(dash.hist_edges, dtype=float)
+    counts = np.asarray(dash.hist_counts, dtype=float)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centres, y=counts, width=np.diff(edges), marker_color=_COLORS[0],
+                           customdata=np.stack([edges[:-1], edges[1:]], -1),
+                           hovertemplate="(%{customdata[0]:.3g}, %{customdata[1]:.3g}]: %{y} tokens<extra></extra>"))
+    for j in range(1, n_intervals):
+        fig.add_vline(x=dash.max_act * j / n_intervals, line=dict(color="#bbbbbb", width=1, dash="dot"))
+    fig.update_layout(title=title or f"Latent {dash.index}: activation where it fires ({dash.n_fired:,} tokens, "
+                      f"density {dash.density:.3%})", xaxis_title="activation", yaxis_title="tokens", bargap=0)
+    return fig
+
+
+def feature_logit_effect(dash, title: Optional[str] = None) -> go.Figure:
+    """The tokens a latent's decoder direction promotes (top) and suppresses (bottom) through
+    the unembedding (`features.LatentDashboard.logit_top / logit_bottom`)."""
+    rows = sorted(dash.logit_bottom, key=lambda r: r[2]) + sorted(dash.logit_top, key=lambda r: r[2])
+    labels = unique_labels([_shown(p) for _, p, _ in rows])
+    values = [v for _, _, v in rows]
+    fig = go.Figure(go.Bar(x=values, y=labels, orientation="h",
+                           marker_color=[_COLORS[3] if v < 0 else _COLORS[0] for v in values],
+                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    fig.update_layout(title=title or f"Latent {dash.index}: direct logit effect (per unit of activation)",
+                      xaxis_title="logit change (before the final norm's scale)", yaxis=dict(automargin=True))
+    return fig
+
+
+def latent_density_scatter(table: dict, selected: Optional[int] = None, title: str = "") -> go.Figure:
+    """Every live latent of a dictionary (`DashboardStore.table()`): log10 density against max
+    activation, hover = its summary; click targets carry the latent index."""
+    dens = np.asarray(table["density"], dtype=float)
+    peak = np.asarray(table["max_act"], dtype=float)
+    live = np.nonzero(dens > 0)[0]
+    fig = go.Figure(go.Scattergl(
+        x=np.log10(dens[live]), y=peak[live], mode="markers", customdata=live,
+        marker=dict(size=5, color=_COLORS[0], opacity=0.6),
+        hovertext=[f"latent {i}: {table['summary'][i]}" for i in live], hoverinfo="text+x+y"))
+    if selected is not None and 0 <= selected < len(dens) and dens[selected] > 0:
+        fig.add_trace(go.Scatter(x=[np.log10(dens[selected])], y=[peak[selected]], mode="markers", hoverinfo="skip",
+                                 marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color="#e4572e", width=2))))
+    dead = len(dens) - len(live)
+    fig.update_layout(title=(title + " — " if title else "") + f"{len(live)} live latents ({dead} dead)", showlegend=False,
+                      xaxis_title="log10 density (fraction of tokens it fires on)", yaxis_title="max activation",
+                      clickmode="event+select", hovermode="closest")
+    return fig
+
+
+def steering_bars(before, after, vocab: Sequence[str], k: int = 10, title: Optional[str] = None) -> go.Figure:
+    """Next-token probabilities before and after steering / ablation (`features.Intervention`'s
+    `before` / `after`): the union of both top-k, sorted by the probability after."""
+    b, a = _np(before.probs), _np(after.probs)
+    ids = list(dict.fromkeys([i for i, _ in after.top[:k]] + [i for i, _ in before.top[:k]]))
+    ids.sort(key=lambda i: -a[i])
+    labels = unique_labels([_shown(vocab[i]) for i in ids])
+    fig = go.Figure([go.Bar(x=labels, y=[b[i] for i in ids], name="before", marker_color="#9fb4c7",
+                            hovertemplate="%{x}: %{y:.4f}<extra>before</extra>"),
+                     go.Bar(x=labels, y=[a[i] for i in ids], name="after", marker_color=_COLORS[1],
+                            hovertemplate="%{x}: %{y:.4f}<extra>after</extra>")])
+    fig.update_layout(barmode="group", title=title or "Next-token probability before and after",
+                      yaxis_title="probability", yaxis_range=[0, 1], legend=dict(orientation="h", y=1.02, x=1,
+                                                                                 xanchor="right", yanchor="bottom"))
+    return fig

@@ -314,3 +314,9 @@ def test_cli_dashboard(model, ckpt, tmp_path):
     assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["features", "dashboard", str(tmp_path / "sae"), "--context", "4"])
     assert r.exit_code == 1 and "--context" in r.output
+
+
+def test_prompt_latents_equal_the_encoded_cache(model, case):
+    sae, t = case["sae"], case["batches"][0].tokens[0]
+    _, cache = model.run_with_cache(t[None])
+    torch.testing.assert_close(features.prompt_latents(model, sae, t), sae.encode(cache[sae.cfg.hook_name])[0].detach())

@@ -11,6 +11,7 @@
                   Step-by-step, Compare and Attribution pages
     patching.py   the Patching page: default corruptions, metric positions, cached sweeps
     thoughts.py   the Latent thoughts page (Coconut checkpoints)
+    features.py   the Features page: dictionaries of a checkpoint, dashboard stores, steering
 
 No model math here: every number comes from `interp` / `models` public functions; these
 modules decide *what* to compute, cache it (`st.cache_resource` for models, keyed by path +
@@ -44,6 +45,10 @@ from .analyses import (  # noqa: E402
 )
 from .patching import (  # noqa: E402
     PATCH_CACHE, PATCH_METRICS, SEARCH_WINDOW, answers, default_corruption, metric_positions, patch_metric, patch_sweep,
+)
+from .features import (  # noqa: E402
+    PAGE_TOKENS, Found, active_latents, compute_feature_store, dict_stamp, dictionaries, dictionary, feature_store,
+    intervene, latent_dashboard, latent_table, prompt_latents, store_dir, store_stamp,
 )
 from .thoughts import (  # noqa: E402
     coconut_mode, reasoner, thought_answer, thought_attention, thought_batch, thought_frontier, thought_lens,

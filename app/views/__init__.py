@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional
 
-from . import attention, attribution, compare, lens, patching, steps, streams, thoughts, training
+from . import attention, attribution, compare, features, lens, patching, steps, streams, thoughts, training
 from .common import Ctx, Prompt
 
 __all__ = ["Ctx", "Page", "PAGES", "Prompt", "available"]
@@ -54,6 +54,7 @@ PAGES = [
     Page("patching", patching),
     Page("steps", steps),
     Page("thoughts", thoughts),
+    Page("features", features),
     Page("compare", compare),
     Page("training", training),
 ]

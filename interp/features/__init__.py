@@ -34,7 +34,7 @@ _WHERE = {
     "token_batches": "data", "TokenBatch": "data",
     "train": "training",
     "dashboard": "dashboards", "open_dashboards": "dashboards", "DashboardStore": "dashboards",
-    "LatentDashboard": "dashboards",
+    "LatentDashboard": "dashboards", "prompt_latents": "dashboards",
     "steer": "steering", "ablate": "steering", "Intervention": "steering", "SteeringError": "steering",
 }
 

@@ -40,7 +40,7 @@ from .compute import collect, decoder_neighbours, logit_effects
 from .store import (FORMAT, LATENTS, MANIFEST, TENSORS, VOCAB, Context, DashboardStore, Interval, LatentDashboard,
                     fingerprint, open_dashboards, show, summarise)
 
-__all__ = ["dashboard", "open_dashboards", "DashboardStore", "LatentDashboard", "Context", "Interval", "fingerprint",
+__all__ = ["dashboard", "prompt_latents", "open_dashboards", "DashboardStore", "LatentDashboard", "Context", "Interval", "fingerprint",
            "check_reads", "DEFAULT_DIR"]
 
 PathLike = Union[str, os.PathLike]
@@ -71,6 +71,20 @@ def check_reads(model, sae: SparseDictionary, check_model: bool = True) -> None:
             src = f" (trained on {cfg.model['checkpoint']})" if cfg.model.get("checkpoint") else ""
             raise DictionaryError(f"dictionary for {name} was trained on another model{src}: {', '.join(diff)}; "
                                   "pass check_model=False to use it anyway")
+
+
+@torch.no_grad()
+def prompt_latents(model, sae: SparseDictionary, tokens: torch.Tensor, check_model: bool = True) -> torch.Tensor:
+    """(t, d_sae) float latents of `sae` on every position of one prompt (`tokens` (t,) ids):
+    the forward stops after the block the dictionary reads."""
+    check_reads(model, sae, check_model)
+    tokens = torch.as_tensor(tokens).reshape(1, -1).to(next(model.parameters()).device)
+    seen: dict = {}
+    stop = _stop_layer(sae.cfg.hook_name, model.cfg.n_layers)
+    model.run_with_hooks(tokens, stop_at_layer=stop, fwd_hooks=[(sae.cfg.hook_name, lambda a, hook: seen.update(x=a))],
+                         **({} if stop is not None else {"return_type": None}))
+    x = _flat(seen["x"], sae.cfg.d_in).to(sae.W_enc.device)
+    return sae.activation(sae.pre_acts(x))[0].float()
 
 
 def _stop_layer(name: str, n_layers: int) -> Optional[int]:
