@@ -169,6 +169,6 @@ def test_shipped_coconut_configs(path, monkeypatch):
     cfg = tr.load_run_config(path)
     task, mode = path.stem.rsplit("_", 1) if not path.stem.endswith("no_cot") else (path.stem[:-7], "no_cot")
     assert cfg["name"] == f"coconut_{path.stem}" and cfg["train"]["coconut"]["mode"] == mode
-    assert cfg["task"]["name"] == {"graph": "graph", "add3": "arithmetic"}[task]
+    assert cfg["task"]["name"] == {"graph": "graph", "add3": "arithmetic", "prosqa": "prosqa"}[task]
     built = tr.build_task({**cfg["task"], "n_train": 4, "n_val": 2, "n_test": 2})
     assert StagedTask(built, cfg["train"]["coconut"]).max_len < 400

@@ -16,15 +16,21 @@ from interp.training.coconut import evaluate_coconut
 ROOT = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 TABLE = json.loads((ROOT / "coconut_comparison.json").read_text())
 ROWS = {r["name"]: r for r in TABLE["rows"]}
-NAMES = [f"coconut_{task}_{mode}" for task in ("graph", "add3") for mode in ("no_cot", "cot", "coconut", "pause")]
+MODES = ("no_cot", "cot", "coconut", "pause")
+GRAPH = [f"coconut_graph_{mode}" for mode in MODES]
+# the word-graph set is retired (removed, listed under "retired") when the symbolic ProsQA
+# reproduction ships (scripts/coconut_reproduction.py --install): all Coconut checkpoints <= 12 MB
+RETIRED = TABLE.get("retired", [])
+NAMES = [f"coconut_add3_{mode}" for mode in MODES] + ([] if RETIRED else GRAPH)
 
 
 def test_the_table_has_every_run_and_the_paper_anchors():
-    assert sorted(ROWS) == sorted(NAMES) and not TABLE["failed"]
+    assert sorted(ROWS) == sorted(NAMES) and not TABLE["failed"] and RETIRED in ([], GRAPH)
+    assert not any((ROOT / n).exists() for n in RETIRED)
     assert TABLE["paper"]["prosqa"]["cot"]["accuracy"] == 0.775
     assert TABLE["paper"]["prosqa"]["coconut"]["accuracy"] == 0.970
-    size = sum(p.stat().st_size for n in NAMES for p in (ROOT / n).iterdir())
-    assert size < 12 * 2**20  # four 6 x 128 graph models (2.4 MB each in fp16) + four 4 x 64 add3 models
+    size = sum(p.stat().st_size for d in ROOT.glob("coconut_*") if d.is_dir() for p in d.iterdir())
+    assert size < 12 * 2**20  # every shipped Coconut checkpoint
 
 
 def test_the_measured_comparison():
@@ -34,6 +40,8 @@ def test_the_measured_comparison():
     assert acc["add3_cot"] == 1.0 and acc["add3_coconut"] == 0.774
     assert acc["add3_pause"] == 0.416 and acc["add3_no_cot"] == 0.052
     assert tokens["add3_coconut"] < tokens["add3_cot"] / 4  # 3 thoughts + answer vs the written scratchpad
+    if RETIRED:
+        return
     # ProsQA-like graph: CoT learned the search (paper: 77.5%); No-CoT, Coconut and pause stayed
     # at chance (50%), Coconut and pause starting from the CoT model (train.init_from)
     assert acc["graph_cot"] == 0.728 and acc["graph_no_cot"] == 0.522

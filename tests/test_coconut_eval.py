@@ -1,6 +1,7 @@
 """`interp eval` on Coconut-trainer checkpoints answers the way each was trained (continuous
 thoughts, pause tokens, CoT, No-CoT), says which, and agrees with the shipped cards and the
-per-example results stored beside them (data/checkpoints/coconut_comparison.json)."""
+per-example results stored beside them (data/checkpoints/coconut_comparison.json and, once the
+symbolic ProsQA reproduction ships, coconut_prosqa_comparison.json)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from interp.cli import app
 from interp.training import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-TABLE = json.loads((ROOT / "coconut_comparison.json").read_text())
-ROWS = {r["name"]: r for r in TABLE["rows"]}
+TABLES = [ROOT / "coconut_comparison.json", ROOT / "coconut_prosqa_comparison.json"]  # the second once shipped
+ROWS = {r["name"]: r for t in TABLES if t.exists() for r in json.loads(t.read_text())["rows"]
+        if (ROOT / r["name"]).exists()}
 WORDS = {"coconut": "continuous thought", "pause": "<latent> token", "cot": "writes its chain of thought",
          "no_cot": "right after the question"}
 N = 16  # the first N of the stored per-example results: CPU seconds per checkpoint
