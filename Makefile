@@ -8,7 +8,7 @@ CKPT        ?=
 HOST        ?= 127.0.0.1
 ALLOW_ROOT  ?=
 
-.PHONY: install test explore bench clean browser-deps
+.PHONY: install test explore bench clean browser-deps test-tl3 test-clients
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ browser-deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
 	fi
 
-test: install browser-deps
+test: install browser-deps test-tl3
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # HOST=0.0.0.0 shares the explorer with whoever can reach PORT; ALLOW_ROOT=DIR opens checkpoints under DIR too.
@@ -36,5 +36,37 @@ explore: install
 	$(VENV)/bin/streamlit run app/explorer.py --server.address $(HOST) --server.port $(PORT) --server.headless true \
 	  --browser.gatherUsageStats false -- $(if $(CKPT),--ckpt $(CKPT),) $(foreach r,$(ALLOW_ROOT),--allow-root $(r))
 
+# transformer-lens 3.x (what SAELens needs) beside the default 4.x: .venv-tl3 sees the default venv's
+# packages through a .pth line and holds only transformer-lens 3 itself, so it builds in seconds.
+# test-tl3 runs every test that touches TransformerLens there (make test runs it first).
+TL3_VENV  ?= .venv-tl3
+TL3_SPEC  ?= transformer-lens>=3.3,<4
+TL3_TESTS ?= tests/test_tl_compat.py tests/test_tl_bridge.py tests/test_export_tl.py tests/test_patching.py \
+             tests/test_attribution.py tests/test_cache.py tests/test_model.py tests/test_fast_path.py \
+             tests/test_forward_kwargs.py
+
+$(TL3_VENV)/.installed: $(VENV)/.installed
+	rm -rf $(TL3_VENV)
+	$(PYTHON) -m venv $(TL3_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(TL3_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_default_venv.pth"
+	$(TL3_VENV)/bin/python -m pip install -q "$(TL3_SPEC)"
+	$(TL3_VENV)/bin/python -c "import transformer_lens as tl, importlib.metadata as m; \
+	  v = m.version('transformer-lens'); assert v.startswith('3.'), v; print('transformer-lens', v, 'in $(TL3_VENV)')"
+	touch $@
+
+test-tl3: $(TL3_VENV)/.installed
+	$(TL3_VENV)/bin/python -m pytest -p no:cacheprovider $(TL3_TESTS)
+
+# Peer libraries in their own venvs (scripts/make_client_venvs.sh): SAELens, nnsight, pyvene,
+# CircuitsVis, circuit-tracer; each client's tests run with its venv's python.
+CLIENTS ?= saelens nnsight pyvene circuitsvis circuit-tracer
+test-clients: install
+	TORCH_SPEC="$(TORCH_SPEC)" PYTHON="$(PYTHON)" scripts/make_client_venvs.sh $(CLIENTS)
+	@status=0; for c in $(CLIENTS); do \
+	  py=.venv-clients/$$c/bin/python; [ -x $$py ] || py=$(PY); \
+	  echo "== $$c ($$py)"; $$py -m pytest -p no:cacheprovider -rs tests/clients/test_client_$$(echo $$c | tr - _).py || status=1; \
+	done; exit $$status
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TL3_VENV) .venv-clients .pytest_cache
