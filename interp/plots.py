@@ -697,6 +697,75 @@ def dictionary_eval_losses(stats: dict, title: str = "") -> go.Figure:
     return fig
 
 
+# ---------------------------------------------------------------------- thought superposition
+SUPERPOSITION_COLORS = {"reachable": "#1f77b4", "frontier": "#2ca02c", "optimal": "#ff7f0e", "not_reachable": "#d62728"}
+SUPERPOSITION_NAMES = {"reachable": "reachable in ≤ k steps", "frontier": "frontier: exactly k steps",
+                       "optimal": "optimal: on a shortest path to the target", "not_reachable": "not reachable in k steps"}
+
+
+def superposition_boxes(scores: dict, key: str = "inner", title: Optional[str] = None) -> go.Figure:
+    """Per thought k, the distribution over (example, node) of each node group's score
+    (`scores`: `interp.superposition.thought_node_scores`; `key`: inner | prob)."""
+    fig = go.Figure()
+    for g in scores["groups"]:
+        rows = [r for r in scores["rows"] if g in r["groups"]]
+        fig.add_trace(go.Box(x=[f"thought {r['k']}" for r in rows], y=[r[key] for r in rows], name=SUPERPOSITION_NAMES[g],
+                             marker_color=SUPERPOSITION_COLORS[g], boxpoints=False))
+    what = "inner product with the node's embedding" if key == "inner" else "node's probability under the thought's lens"
+    fig.update_layout(boxmode="group", title=title or f"Continuous thought k vs node groups: {what}",
+                      yaxis_title=what, xaxis_title="thought k (fed into latent slot k - 1)")
+    return fig
+
+
+def edge_attention_bars(result: dict, title: Optional[str] = None) -> go.Figure:
+    """Mean attention (summed over heads) per edge of each group from the position producing
+    thought k and from the answer (`result`: `interp.superposition.edge_attention`)."""
+    xs = [f"thought {k}" for k in result["thoughts"]] + ["answer"]
+    fig = go.Figure([go.Bar(x=xs, y=list(result["mean"][g]) + [result["answer_mean"][g]], name=SUPERPOSITION_NAMES[g]
+                            .replace("≤ k", "≤ k - 1").replace("exactly k", "exactly k - 1").replace("in k steps", "yet"),
+                            marker_color=SUPERPOSITION_COLORS[g], hovertemplate="%{x}: %{y:.4f}<extra></extra>")
+                     for g in result["groups"]])
+    fig.update_layout(barmode="group", title=title or f"Layer {result['layer']} attention to the edges, by source node group",
+                      yaxis_title="mean attention per edge (s, t, |), summed over heads")
+    return fig
+
+
+def edge_copy_head_bars(result: dict, title: Optional[str] = None) -> go.Figure:
+    """Per head of a layer: attention from each edge's separator to its two nodes and from each
+    target to its source (`result`: `interp.superposition.edge_copy_heads`)."""
+    xs = [f"L{result['layer']}H{h}" for h in range(len(result["separator_to_edge"]))]
+    fig = go.Figure([go.Bar(x=xs, y=result["separator_to_edge"], name="| → its edge's s and t", marker_color=_COLORS[0]),
+                     go.Bar(x=xs, y=result["target_to_source"], name="t → its source s", marker_color=_COLORS[1])])
+    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="mean attention",
+                      title=title or f"Edge-copying heads in layer {result['layer']} (mean over {result['n_edges']} edges)")
+    return fig
+
+
+def thought_frontier_nodes(scores: dict, example: int, title: Optional[str] = None) -> go.Figure:
+    """One example's graph nodes x thoughts (`scores`: `interp.superposition.thought_node_scores`):
+    colour = the node's probability under thought k's lens; ★ marks an optimal node (distance k
+    on a shortest path to the target), • another frontier node (distance exactly k)."""
+    rows = [r for r in scores["rows"] if r["example"] == example]
+    if not rows:
+        raise ValueError(f"no scores for example {example}")
+    ks = sorted({r["k"] for r in rows})
+    depth = {r["node"]: r["depth"] for r in rows if r["depth"] is not None}
+    nodes = sorted({r["node"] for r in rows}, key=lambda v: (depth.get(v, 1 << 20), v))
+    z = np.full((len(nodes), len(ks)), np.nan)
+    text = [["" for _ in ks] for _ in nodes]
+    for r in rows:
+        i, j = nodes.index(r["node"]), ks.index(r["k"])
+        z[i, j] = r["prob"]
+        text[i][j] = "★" if "optimal" in r["groups"] else ("•" if "frontier" in r["groups"] else "")
+    ys = [f"{v} (depth {depth[v]})" if v in depth else f"{v} (unreachable)" for v in nodes]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"thought {k}" for k in ks], y=ys, colorscale="Blues", zmin=0,
+                               text=text, texttemplate="%{text}", colorbar=dict(title="p"),
+                               hovertemplate="%{y}, %{x}: p=%{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title or "Each thought's lens probability of every graph node (★ optimal, • frontier)",
+                      yaxis_autorange="reversed", height=max(320, 16 * len(nodes) + 140))
+    return fig
+
+
 # ---------------------------------------------------------------------- feature dashboards
 def _shown(piece: str) -> str:
     return piece.replace("\n", "↵").replace(" ", "␣").replace("\t", "⇥") or "∅"

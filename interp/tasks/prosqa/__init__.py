@@ -214,9 +214,10 @@ class ProsQATask(Task):
     def example_for(self, record: GraphRecord) -> Example:
         tok = self.node_tokens(record).__getitem__
         first, second = record.candidates()
+        stated = record.stated_edges()  # the order the prompt gives them (meta["edges"] too)
         if self.vocabulary == "symbolic":
             prompt: list[str] = []
-            for j, (a, b) in enumerate(record.stated_edges()):
+            for j, (a, b) in enumerate(stated):
                 prompt += ([] if j == 0 else ["|"]) + [tok(a), tok(b)]
             prompt += ["[Q]", tok(first), tok(second), "[R]", tok(record.root)]
             steps = [[tok(v)] for v in record.path[1:]]
@@ -228,7 +229,7 @@ class ProsQATask(Task):
         depth = record.depths()
         meta = dict(root=tok(record.root), target=tok(record.target), distractor=tok(record.neg_target),
                     candidates=[tok(first), tok(second)], path=[tok(v) for v in record.path],
-                    edges=[[tok(a), tok(b)] for a, b in record.edges], depth={tok(v): d for v, d in depth.items()},
+                    edges=[[tok(a), tok(b)] for a, b in stated], depth={tok(v): d for v, d in depth.items()},
                     n_steps=len(steps), vocabulary=self.vocabulary)
         if record.neighbor_k is not None:
             meta["neighbor_k"] = {k: [tok(v) for v in vs] for k, vs in record.neighbor_k.items()}
