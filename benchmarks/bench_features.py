@@ -153,7 +153,9 @@ def run_ours(ckpt: Path, s: dict, ks, device, out_dir: Path, precision: str = "a
 
     steps = s["tokens"] // s["batch_tokens"]
     cfg = {"name": "bench", "checkpoint": str(ckpt),
-           "data": {"batch_size": max(1, s["batch_tokens"] * 8 // s["context"]), "exclude_bos": False},
+           # forwards of up to 8 batches' tokens (fewer when the buffer is smaller); every position, like SAELens
+           "data": {"batch_size": max(1, min(s["buffer_tokens"], 8 * s["batch_tokens"]) // s["context"]),
+                    "exclude_bos": False},
            "train": {"tokens": s["tokens"], "batch_tokens": s["batch_tokens"], "buffer_tokens": s["buffer_tokens"],
                      "lr": LR, "log_every": max(1, steps // 10), "device": str(device), "progress": False,
                      "dtype": precision, "buffer_dtype": precision, "out_dir": str(out_dir), "overwrite": True},
@@ -283,6 +285,7 @@ def main(argv=None) -> dict:
     p.add_argument("--small", action="store_true", help="tiny model on CPU, seconds (tests)")
     p.add_argument("--device", default=None)
     p.add_argument("--tokens", type=int, default=None, help="training tokens per contender")
+    p.add_argument("--buffer-tokens", type=int, default=None, help="rows in our buffer (default 2^18)")
     p.add_argument("--only", default=None, help="comma-separated contenders (default: all)")
     p.add_argument("--saelens-env", default=None, help="a directory holding sae_lens + transformer_lens 3.x")
     p.add_argument("--saelens-wheels", default=None, help="wheels to install into a temp SAELens environment")
@@ -295,6 +298,8 @@ def main(argv=None) -> dict:
     s = dict(SMALL if args.small else BIG)
     if args.tokens:
         s["tokens"] = args.tokens
+    if args.buffer_tokens:
+        s["buffer_tokens"] = args.buffer_tokens
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.small else "cpu"))
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
