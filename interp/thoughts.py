@@ -36,7 +36,7 @@ from .tasks.base import Example
 
 __all__ = ["load", "latent_batch", "LatentBatch", "pass_caches", "PassCaches", "thought_lens", "ThoughtLens",
            "frontier_mass", "FRONTIER_CATEGORIES", "answer_attention", "answer_prob_by_thoughts", "patch_thought",
-           "timeline"]
+           "timeline", "deciding_answer_offset", "showcase", "best_donor"]
 
 
 # ============================================================================ loading, inputs
@@ -68,33 +68,50 @@ class LatentBatch:
     labels: Int[torch.Tensor, "batch pos"]
     examples: list[Example]  # the task's own examples (meta: graph, answer, ...)
     bot: Int[torch.Tensor, "batch"]  # position of <bot>
-    eot: Int[torch.Tensor, "batch"]  # position of <eot> (its logits predict the answer)
-    answer: Int[torch.Tensor, "batch"]  # the first answer token id
+    eot: Int[torch.Tensor, "batch"]  # position of <eot> (its logits predict the first answer token)
+    answer: Int[torch.Tensor, "batch"]  # the tracked answer token's id (default: the first answer token)
     n_latents: int
+    answer_pos: Optional[Int[torch.Tensor, "batch"]] = None  # its position (default: eot + 1)
+
+    def __post_init__(self) -> None:
+        if self.answer_pos is None:
+            self.answer_pos = self.eot + 1
+
+    @property
+    def reader(self) -> Int[torch.Tensor, "batch"]:
+        """The position whose logits predict the tracked answer token (teacher-forced)."""
+        return self.answer_pos - 1
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
 
 def latent_batch(staged, split: str = "test", n: int = 16, n_latents: Optional[int] = None, start: int = 0,
-                 device: Union[str, torch.device] = "cpu") -> LatentBatch:
+                 device: Union[str, torch.device] = "cpu", answer_offset: Union[int, Sequence[int]] = 0) -> LatentBatch:
     """Examples `start .. start + n` of `split` as `prompt <bot> <latent> x n_latents <eot> answer
-    <eos>` (default `n_latents`: the last stage's count; every step latent)."""
+    <eos>` (default `n_latents`: the last stage's count; every step latent). `answer_offset`
+    (one, or one per example) picks the tracked answer token: 0 is the first."""
     from .training.coconut import final_stage, n_latent_slots
 
     o = staged.o
     parts = staged.parts(split)[start : start + n]
     if not parts:
         raise ValueError(f"split {split!r} has no examples from {start}")
-    rows, bots, eots, answers = [], [], [], []
+    offsets = [answer_offset] * len(parts) if isinstance(answer_offset, int) else list(answer_offset)
+    if len(offsets) != len(parts):
+        raise ValueError(f"{len(offsets)} answer offsets for {len(parts)} examples")
+    rows, bots, eots, answers, where = [], [], [], [], []
     tok = staged.tokenizer
-    for p in parts:
+    for p, off in zip(parts, offsets):
+        if not 0 <= off < len(p.answer[0]):
+            raise ValueError(f"answer offset {off} is outside the answer ({len(p.answer[0])} tokens)")
         k = n_latents if n_latents is not None else n_latent_slots(p.n_steps, final_stage(o), o)[1]
         ids = p.prompt[0] + [tok.bot_token_id] + [staged.latent_id] * k + [tok.eot_token_id] + p.answer[0]
         rows.append(ids)
         bots.append(len(p.prompt[0]))
         eots.append(len(p.prompt[0]) + 1 + k)
-        answers.append(p.answer[0][0])
+        answers.append(p.answer[0][off])
+        where.append(eots[-1] + 1 + off)
     counts = {e - b - 1 for b, e in zip(bots, eots)}
     if len(counts) != 1:
         raise ValueError(f"examples have different latent counts {sorted(counts)}; pass n_latents=")
@@ -108,7 +125,7 @@ def latent_batch(staged, split: str = "test", n: int = 16, n_latents: Optional[i
         labels[i, e + 1 : len(r)] = ids[i, e + 1 : len(r)]
     dev = torch.device(device)
     return LatentBatch(ids.to(dev), labels.to(dev), [p.example for p in parts], torch.tensor(bots), torch.tensor(eots),
-                       torch.tensor(answers), counts.pop())
+                       torch.tensor(answers), counts.pop(), torch.tensor(where))
 
 
 # ============================================================================ per-pass caches
@@ -257,13 +274,13 @@ def frontier_mass(probs: Float[torch.Tensor, "batch thought d_vocab"], examples:
 # ============================================================================ attention, curves, patching
 @torch.no_grad()
 def answer_attention(reasoner: LatentReasoner, batch: LatentBatch) -> Float[torch.Tensor, "batch layer head slot"]:
-    """Attention from the `<eot>` position (whose logits give the answer) to each latent slot,
-    every layer and head (the last pass's patterns)."""
+    """Attention from the position whose logits give the tracked answer token (`<eot>` for the
+    first) to each latent slot, every layer and head (the last pass's patterns)."""
     n_layers = reasoner.model.cfg.n_layers
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(n_layers)]
     run = pass_caches(reasoner, batch.input_ids, names=names)
     plan = run.plan
-    eot_col = (batch.eot + plan.shift).tolist()
+    eot_col = (batch.reader + plan.shift).tolist()
     slots = torch.tensor(plan.slot_columns())
     out = []
     for name in names:
@@ -277,27 +294,30 @@ def answer_attention(reasoner: LatentReasoner, batch: LatentBatch) -> Float[torc
 
 @torch.no_grad()
 def answer_prob_by_thoughts(reasoner: LatentReasoner, staged, split: str = "test", n: int = 16,
-                            max_thoughts: Optional[int] = None, start: int = 0) -> Float[torch.Tensor, "batch n_thoughts"]:
-    """P(first answer token) at `<eot>` when examples `start .. start + n` are given 0, 1, ...,
-    `max_thoughts` thoughts (default: the last stage's count) before `<eot>`: column t is t
-    thoughts."""
+                            max_thoughts: Optional[int] = None, start: int = 0,
+                            answer_offset: Union[int, Sequence[int]] = 0) -> Float[torch.Tensor, "batch n_thoughts"]:
+    """P(tracked answer token), teacher-forced, when examples `start .. start + n` are given 0,
+    1, ..., `max_thoughts` thoughts (default: the last stage's count) before `<eot>`: column t is
+    t thoughts. `answer_offset`: which answer token (0: the first)."""
     from .training.coconut import final_stage, n_latent_slots
 
     top = max_thoughts if max_thoughts is not None else n_latent_slots(99, final_stage(staged.o), staged.o)[1]
     cols = []
     for t in range(top + 1):
-        batch = latent_batch(staged, split, n, n_latents=t, start=start)
+        batch = latent_batch(staged, split, n, n_latents=t, start=start, answer_offset=answer_offset,
+                             device=reasoner.model.embed.weight.device)
         logits = reasoner(batch.input_ids)
-        at_eot = logits[torch.arange(len(batch)), batch.eot].float().softmax(-1)
-        cols.append(at_eot[torch.arange(len(batch)), batch.answer])
+        at = logits[torch.arange(len(batch)), batch.reader.to(logits.device)].float().softmax(-1)
+        cols.append(at[torch.arange(len(batch)), batch.answer.to(logits.device)])
     return torch.stack(cols, dim=1).cpu()
 
 
 @torch.no_grad()
 def patch_thought(reasoner: LatentReasoner, batch: LatentBatch, source: LatentBatch, slot: int) -> dict:
     """Replace thought `slot` of every row of `batch` by the same thought of the matching row of
-    `source` (same latent count); returns the answer probabilities at `<eot>` before and after,
-    for the batch's own answer and the source's answer."""
+    `source` (same latent count); returns, at the position predicting each row's tracked answer
+    token (`<eot>` for the first), the probabilities of that token and of the source's tracked
+    token before and after, and the top token before and after."""
     if len(batch) != len(source) or batch.n_latents != source.n_latents:
         raise ValueError("batch and source need the same size and latent count")
     if not 0 <= slot < batch.n_latents:
@@ -309,28 +329,105 @@ def patch_thought(reasoner: LatentReasoner, batch: LatentBatch, source: LatentBa
     def swap(thought, hook):
         return donor.to(thought.dtype) if reasoner.pass_index == slot + 1 else thought
 
-    clean = reasoner(batch.input_ids)[rows, batch.eot].float().softmax(-1)
+    at = batch.reader.to(batch.input_ids.device)
+    clean = reasoner(batch.input_ids)[rows, at].float().softmax(-1)
     with reasoner.hooks(fwd_hooks=[("hook_thought", swap)]):
-        patched = reasoner(batch.input_ids)[rows, batch.eot].float().softmax(-1)
-    return {"p_answer": clean[rows, batch.answer].cpu(), "p_answer_patched": patched[rows, batch.answer].cpu(),
-            "p_source_answer": clean[rows, source.answer].cpu(),
-            "p_source_answer_patched": patched[rows, source.answer].cpu()}
+        patched = reasoner(batch.input_ids)[rows, at].float().softmax(-1)
+    own, other = batch.answer.to(clean.device), source.answer.to(clean.device)
+    return {"p_answer": clean[rows, own].cpu(), "p_answer_patched": patched[rows, own].cpu(),
+            "p_source_answer": clean[rows, other].cpu(), "p_source_answer_patched": patched[rows, other].cpu(),
+            "top_patched": patched.argmax(-1).cpu(), "top": clean.argmax(-1).cpu()}
+
+
+def _answer_probs(reasoner: LatentReasoner, staged, split: str, index: int, n_latents: int) -> torch.Tensor:
+    """Teacher-forced probability of every answer token (its `<eos>` excluded) of one example
+    given `n_latents` thoughts."""
+    batch = latent_batch(staged, split, 1, n_latents=n_latents, start=index, device=reasoner.model.embed.weight.device)
+    part = staged.parts(split)[index]
+    n = len(part.answer[0]) - (part.answer[0][-1] == staged.tokenizer.eos_token_id)
+    logits = reasoner(batch.input_ids)[0].float()
+    e = int(batch.eot[0])
+    at = torch.arange(e, e + max(n, 1), device=logits.device)
+    return logits[at].softmax(-1)[torch.arange(len(at)), batch.input_ids[0, at + 1]].cpu()
 
 
 @torch.no_grad()
-def timeline(reasoner: LatentReasoner, staged, split: str = "test", index: int = 0, k: int = 5) -> dict:
+def deciding_answer_offset(reasoner: LatentReasoner, staged, split: str, index: int) -> int:
+    """The answer token the thoughts matter most for: the one whose teacher-forced probability
+    rises most from no thought to all of them (the first answer token is often settled by the
+    question alone: a leading carry, or the root's name in "Sally is a sterpus ."). Ties: the first."""
+    k = latent_batch(staged, split, 1, start=index).n_latents
+    gain = _answer_probs(reasoner, staged, split, index, k) - _answer_probs(reasoner, staged, split, index, 0)
+    return int(max(range(len(gain)), key=lambda i: (round(float(gain[i]), 6), -i)))
+
+
+@torch.no_grad()
+def showcase(reasoner: LatentReasoner, staged, split: str = "test", n: int = 32, start: int = 0) -> list[dict]:
+    """Examples `start .. start + n` ranked by how much the thoughts matter: the teacher-forced
+    probability of the deciding answer token (`deciding_answer_offset`) with all thoughts minus
+    with none. Each entry: index, answer_offset, p_none, p_all, gain."""
+    out = []
+    for i in range(start, min(start + n, len(staged.parts(split)))):
+        k = latent_batch(staged, split, 1, start=i).n_latents
+        p_all, p_none = _answer_probs(reasoner, staged, split, i, k), _answer_probs(reasoner, staged, split, i, 0)
+        gain = p_all - p_none
+        off = int(max(range(len(gain)), key=lambda j: (round(float(gain[j]), 6), -j)))
+        out.append({"index": i, "answer_offset": off, "p_none": float(p_none[off]), "p_all": float(p_all[off]),
+                    "gain": float(gain[off])})
+    return sorted(out, key=lambda r: (-r["gain"], r["index"]))
+
+
+@torch.no_grad()
+def best_donor(reasoner: LatentReasoner, staged, split: str, index: int, slot: int, candidates: Sequence[int],
+               answer_offset: int = 0) -> Optional[dict]:
+    """Of `candidates` (example indices with the same number of thoughts as `index`), the donor
+    whose thought `slot` lowers example `index`'s tracked answer probability most when patched
+    in, preferring a patch that changes the model's top token there. None if no candidate fits."""
+    target = latent_batch(staged, split, 1, start=index, answer_offset=answer_offset)
+    fits = [c for c in candidates if c != index and latent_batch(staged, split, 1, start=c).n_latents == target.n_latents]
+    if not fits or not 0 <= slot < target.n_latents:
+        return None
+    m = len(fits)
+    rep = LatentBatch(target.input_ids.repeat(m, 1), target.labels.repeat(m, 1), target.examples * m,
+                      target.bot.repeat(m), target.eot.repeat(m), target.answer.repeat(m), target.n_latents,
+                      target.answer_pos.repeat(m))
+    donors = [latent_batch(staged, split, 1, start=c) for c in fits]
+    width = max(d.input_ids.shape[1] for d in donors)
+    pad = staged.tokenizer.pad_token_id or 0
+    ids = torch.full((len(fits), width), pad, dtype=torch.long)
+    for j, d in enumerate(donors):
+        ids[j, : d.input_ids.shape[1]] = d.input_ids[0]
+    source = LatentBatch(ids, ids, [d.examples[0] for d in donors], torch.cat([d.bot for d in donors]),
+                         torch.cat([d.eot for d in donors]), torch.cat([d.answer for d in donors]), target.n_latents)
+    r = patch_thought(reasoner, rep, source, slot)
+    drop = r["p_answer"] - r["p_answer_patched"]
+    flipped = r["top_patched"] != r["top"]
+    best = max(range(len(fits)), key=lambda j: (bool(flipped[j]), float(drop[j])))
+    return {"donor": fits[best], "slot": slot, "p_answer": float(r["p_answer"][best]),
+            "p_answer_patched": float(r["p_answer_patched"][best]), "flipped": bool(flipped[best])}
+
+
+@torch.no_grad()
+def timeline(reasoner: LatentReasoner, staged, split: str = "test", index: int = 0, k: int = 5,
+             answer_offset: Optional[int] = None) -> dict:
     """Everything the Latent thoughts view shows for one example: per thought j = 0 .. n its top-k
-    decoded tokens (last layer) and, for the slots, the answer's attention into it (mean over
-    heads, per layer); and the answer's probability with 0 .. n thoughts."""
-    batch = latent_batch(staged, split, 1, start=index)
+    decoded tokens (last layer) and, for the slots, the tracked answer token's attention into it
+    (mean over heads, per layer); and that token's probability with 0 .. n thoughts. The tracked
+    token (`answer_offset` into the answer) defaults to the one the thoughts matter most for
+    (`deciding_answer_offset`)."""
+    if answer_offset is None:
+        answer_offset = deciding_answer_offset(reasoner, staged, split, index)
+    batch = latent_batch(staged, split, 1, start=index, answer_offset=answer_offset)
     lens = thought_lens(reasoner, batch.input_ids, k=k)
     attn = answer_attention(reasoner, batch)[0].mean(1)  # (layer, slot)
-    curve = answer_prob_by_thoughts(reasoner, staged, split, 1, batch.n_latents, start=index)
+    curve = answer_prob_by_thoughts(reasoner, staged, split, 1, batch.n_latents, start=index,
+                                    answer_offset=answer_offset)
     tok = staged.tokenizer
     return {
         "example": batch.examples[0],
         "text": staged.tokenizer.decode(batch.input_ids[0].tolist()),
         "answer": tok.decode([int(batch.answer[0])]),
+        "answer_offset": answer_offset,
         "top_tokens": [[tok.decode([i]) for i in row] for row in lens.top_ids[0, :, -1].tolist()],
         "top_probs": lens.top_probs[0, :, -1].tolist(),
         "attention": attn.tolist(),  # (layer, slot)
