@@ -399,6 +399,11 @@ class HookedTransformer(HookedRootModule):
         """Where the parameters live (= `cfg.device`; pyvene and nnsight read `model.device`)."""
         return self.cfg.device
 
+    @property
+    def config(self) -> ModelConfig:
+        """`cfg` under the name Hugging Face-style tools read (pyvene needs `model.config`)."""
+        return self.cfg
+
     # TransformerLens's optional hooks. Each toggle adds its hook points (and removes them when
     # switched off); off, the forward is exactly the default one, fused paths included.
     def set_use_attn_result(self, use_attn_result: bool) -> None:
