@@ -10,17 +10,20 @@ What is timed (medians of --repeats; every sample is in the JSON):
   (the browser's own clock: the click event's timestamp to the next frame after drawing).
   Drawn from the patterns already in the page. Target <= 100 ms.
 * layer_change_ms: click on a layer of the segmented control -> the new layer's heatmap
-  painted (a Python round trip: the layer's patterns come from the server). Target <= 400 ms.
+  painted (a Python round trip: the layer's patterns come from the server). Target <= 200 ms.
 * new_prompt_100_s: Ctrl+Enter in the prompt box with a new 100-token prompt -> heatmap
   painted (`heatmap`) and -> the whole Attention page settled, i.e. script done and no DOM
   change for 500 ms (`page`, the target). Target <= 1.5 s.
 * compare_first_s: click on "Compare" in a fresh server that has loaded only the first
   checkpoint -> the Compare page settled (three checkpoints loaded, metrics on 32 test
-  examples with greedy decoding, completions, attention panels). Target <= 5 s.
+  examples with greedy decoding, completions, attention panels). Target <= 2 s.
 
 Also `*_settled_ms` for head/layer changes: click -> the page settled after the Python rerun
 that follows (score map, table). Checkpoints: `--root`, else data/checkpoints (Attention on
 shakespeare_factored_alibi with its 98-token default prompt; Compare on the add3 trio).
+
+Every timing shares the machine with whatever else runs: the JSON has the load average
+before and after and the CPU; compare runs only at similar load.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-TARGETS = {"cold_start_s": 8.0, "head_change_ms": 100.0, "layer_change_ms": 400.0, "new_prompt_100_s": 1.5,
-           "compare_first_s": 5.0}
+TARGETS = {"cold_start_s": 8.0, "head_change_ms": 100.0, "layer_change_ms": 200.0, "new_prompt_100_s": 1.5,
+           "compare_first_s": 2.0}  # issue 22's targets, on 2 cores
 PROMPTS = [  # 99 characters each: with <bos>, 100 tokens for the char-level checkpoints
     "Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds th",
     "O, pardon me, thou bleeding piece of earth, that I am meek and gentle with these butchers! Thou art ",
@@ -78,21 +81,31 @@ class Session:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far: what a timing
+        costs the server whatever else shares the machine (Linux /proc; NaN elsewhere)."""
+        try:
+            fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
     def close(self) -> None:
         self.tb.stop_server(self.proc)
         self.log.close()
 
 
-def cold_start(tb, root: Path, driver) -> float:
+def cold_start(tb, root: Path, driver) -> tuple[float, float]:
+    """(wall seconds, server CPU seconds) from launching the server to the first heatmap."""
     s = Session(tb, root, driver)
     try:
         tb.wait_http(s.port, s.proc)
         driver.get(s.base)
         tb.WebDriverWait(driver, tb.WAIT, poll_frequency=0.02).until(lambda d: tb.ix_state(d) or tb.errors(d))
-        elapsed = time.perf_counter() - s.t_launch
+        elapsed, cpu = time.perf_counter() - s.t_launch, s.cpu_s()
         if tb.errors(driver):
             raise RuntimeError(f"the app showed errors: {tb.errors(driver)}")
-        return elapsed
+        return elapsed, cpu
     finally:
         s.close()
 
@@ -155,7 +168,8 @@ def interactions(tb, root: Path, driver, repeats: int) -> dict:
     return out
 
 
-def compare_first(tb, root: Path, driver) -> float:
+def compare_first(tb, root: Path, driver) -> tuple[float, float]:
+    """(wall seconds, server CPU seconds) from the click on Compare to the page settled."""
     from selenium.webdriver.common.by import By
 
     s = Session(tb, root, driver)
@@ -163,22 +177,35 @@ def compare_first(tb, root: Path, driver) -> float:
         tb.wait_http(s.port, s.proc)
         tb.load(driver, s.base + "?ckpt=add3_none&page=attention")
         radio = next(e for e in driver.find_elements(By.CSS_SELECTOR, ".st-key-w-page label") if e.text.strip() == "Compare")
+        cpu0 = s.cpu_s()
         radio.click()
         t0 = driver.execute_script("return window.__ev.pointerdown")
         tb.WebDriverWait(driver, tb.WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".st-key-compare_attn_0"))
         end = tb.wait_settled(driver, quiet_ms=800)
+        cpu = s.cpu_s() - cpu0  # includes the 0.8 s quiet wait, in which the server idles
         if tb.errors(driver):
             raise RuntimeError(f"the app showed errors: {tb.errors(driver)}")
-        return (end - t0) / 1000
+        return (end - t0) / 1000, cpu
     finally:
         s.close()
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def versions() -> dict:
     import streamlit
     import torch
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "streamlit": streamlit.__version__}
+    out = {"python": platform.python_version(), "torch": torch.__version__, "streamlit": streamlit.__version__,
+           "cpu": cpu_model()}
     try:
         out["chromium"] = subprocess.run(["/usr/bin/chromium", "--version"], capture_output=True, text=True,
                                          timeout=20).stdout.strip()
@@ -203,10 +230,14 @@ def main() -> None:
     profile = tempfile.mkdtemp(prefix="bench-chromium-")
     driver = tb.make_driver(profile)  # the browser's own start is not part of the app's times
     try:
-        res["cold_start_s"] = summary([cold_start(tb, root, driver) for _ in range(args.repeats)], 2)
+        cold = [cold_start(tb, root, driver) for _ in range(args.repeats)]
+        res["cold_start_s"] = summary([w for w, _ in cold], 2)
+        res["cold_start_server_cpu_s"] = summary([c for _, c in cold], 2)
         res.update(interactions(tb, root, driver, args.repeats))
         if all((root / n / "config.json").exists() for n in ("add3_none", "add3_mask_steps", "add3_mask_answer")):
-            res["compare_first_s"] = summary([compare_first(tb, root, driver) for _ in range(args.repeats)], 2)
+            cmp = [compare_first(tb, root, driver) for _ in range(args.repeats)]
+            res["compare_first_s"] = summary([w for w, _ in cmp], 2)
+            res["compare_first_server_cpu_s"] = summary([c for _, c in cmp], 2)
     finally:
         driver.quit()
     res["machine"]["load_avg_after"] = load_avg()
