@@ -43,7 +43,7 @@ def finished(run_dir: Path, names) -> bool:
     return all((run_dir / n / "cfg.json").is_file() for n in names)
 
 
-def train_one(name: str, runs: Path, left_s: float, small: bool) -> tuple[dict, bool]:
+def train_one(name: str, runs: Path, left_s: float, small: bool, extra: list[str] = ()) -> tuple[dict, bool]:
     """Train (or resume) configs/features/NAME.yaml for at most `left_s` seconds; returns
     ({dictionary: SparseDictionary or None}, finished)."""
     from interp import features
@@ -51,7 +51,7 @@ def train_one(name: str, runs: Path, left_s: float, small: bool) -> tuple[dict, 
 
     config = REPO / "configs" / "features" / f"{name}.yaml"
     run_dir = runs / name
-    overrides = [f"train.out_dir={run_dir}", f"train.max_seconds={max(1.0, left_s)}"] + (SMALL if small else [])
+    overrides = [f"train.out_dir={run_dir}", f"train.max_seconds={max(1.0, left_s)}"] + (SMALL if small else []) + list(extra)
     names = list(load_config(config, overrides)["dictionaries"])
     if finished(run_dir, names):
         return {n: features.load(run_dir / n) for n in names}, True
@@ -128,6 +128,8 @@ def main(argv=None) -> dict:
     p.add_argument("--budget-s", type=float, default=480.0, help="training stops (checkpointed) after this")
     p.add_argument("--eval-tokens", type=int, default=50_000)
     p.add_argument("--small", action="store_true", help="CPU smoke test: tiny token counts")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every config (e.g. train.tokens=4e6 train.device=cpu); the cards say what ran")
     args = p.parse_args(argv)
 
     started = time.perf_counter()
@@ -135,7 +137,7 @@ def main(argv=None) -> dict:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"--only: unknown {unknown}; choose from {list(CONFIGS)}")
-    device = "cpu" if args.small or not torch.cuda.is_available() else "cuda"
+    device = "cpu" if args.small or not torch.cuda.is_available() or "train.device=cpu" in args.overrides else "cuda"
     eval_tokens = 2048 if args.small else args.eval_tokens
     tree = args.runs / "_shipped" / "dictionaries"
     summary: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "models": {},
@@ -146,7 +148,7 @@ def main(argv=None) -> dict:
             summary["unfinished"].append(name)
             continue
         try:
-            dictionaries, done = train_one(name, args.runs, left, args.small)
+            dictionaries, done = train_one(name, args.runs, left, args.small, args.overrides)
             if not done:
                 summary["unfinished"].append(name)
                 continue
