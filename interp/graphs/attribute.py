@@ -35,7 +35,7 @@ from .graph import AttributionGraph, Node
 from .linear import EMBED, LOGITS, LinearReplacement
 from .replacement import GraphError, Replacement, build, frozen, load_dictionaries
 
-__all__ = ["attribute", "naive_rows", "prepare", "Prepared"]
+__all__ = ["attribute", "constants", "naive_rows", "prepare", "Prepared"]
 
 TargetLike = Union[None, int, str, Sequence[Union[int, str]]]
 
@@ -262,7 +262,8 @@ def attribute(model, dictionaries, prompt, target: TargetLike = None, *, logit_m
                    check_model=check_model, kind=kind)
     rep = prep.rep
     n = len(prep.nodes)
-    A = torch.zeros(n, n)
+    A_T = torch.zeros(n, n, device=rep.embed.device)  # (source, target): each chunk writes whole rows of it
+    A = A_T.T
     lin = LinearReplacement(rep, prep.sources, n)
     n_rows = len(prep.target_rows)
     if batch_size is None:
@@ -270,45 +271,57 @@ def attribute(model, dictionaries, prompt, target: TargetLike = None, *, logit_m
         batch_size = int(max(1, min(256, memory_mb * 2**20 // per_row)))
     if batch_size < 1:
         raise GraphError(f"batch_size={batch_size}: must be >= 1")
-    starts = range(0, n_rows, batch_size)
+    # feature rows, then logit rows: each a run of consecutive nodes, so a chunk's rows are a slice of A
+    n_feat = sum(1 for p in prep.target_points if p != LOGITS)
+    chunks = [(s, min(s + batch_size, end)) for start, end in ((0, n_feat), (n_feat, n_rows))
+              for s in range(start, end, batch_size)]
     bar = tqdm(total=n_rows, desc="attribution rows", unit="node", disable=not progress, leave=False)
-    constants = torch.zeros(n)
-    for s in starts:
-        sl = slice(s, min(s + batch_size, n_rows))
-        rows, bias = lin.rows(prep.target_points[sl], prep.target_pos[sl], prep.target_vecs[sl])
-        idx = torch.tensor(prep.target_rows[sl])
-        A[idx] = rows.cpu()
-        constants[idx] = (bias + prep.target_const[sl]).cpu()
-        bar.update(sl.stop - sl.start)
+    for s, e in chunks:
+        r0 = prep.target_rows[s]
+        lin.rows(prep.target_points[s:e], prep.target_pos[s:e], prep.target_vecs[s:e], out=A[r0: r0 + e - s])
+        bar.update(e - s)
     bar.close()
-    for i in prep.target_rows:
-        prep.nodes[i].constant = float(constants[i])
+    for i, c in zip(prep.target_rows, constants(prep).tolist()):
+        prep.nodes[i].constant = c
     strs, text, dicts, ident = _metadata(prep, prep.checkpoint)
-    return AttributionGraph(nodes=prep.nodes, adjacency=A, tokens=rep.tokens.tolist(), token_strs=strs, prompt=text,
-                            dictionaries=dicts, model=ident)
+    return AttributionGraph(nodes=prep.nodes, adjacency=A.cpu(), tokens=rep.tokens.tolist(), token_strs=strs,
+                            prompt=text, dictionaries=dicts, model=ident)
 
 
-# ============================================================================ the reference
-def naive_rows(prep: Prepared, which: Optional[Sequence[int]] = None) -> tuple[Float[Tensor, "k n"], Float[Tensor, "k"]]:
-    """Rows of the targets `which` (indices into `prep.target_rows`; default all) and their
-    constants, each from its own autograd backward through the real model run as the
-    replacement (`replacement.frozen`); the constant from a forward with every source zeroed."""
+# ============================================================================ constants and the reference
+@torch.no_grad()
+def constants(prep: Prepared) -> Float[Tensor, "k"]:
+    """Each target's constant: its value in the replacement with every source (tokens,
+    features, errors) zeroed, i.e. what the biases (b_V, b_O, norm biases, b_dec, b_enc, b_U)
+    contribute. One forward of the real model run as the replacement."""
+    rep = prep.rep
+    with frozen(rep, sources=False) as zero:
+        rep.model(rep.tokens[None])
+    out = prep.target_const.clone()
+    points = prep.target_points
+    for name in dict.fromkeys(points):
+        sel = torch.tensor([i for i, p in enumerate(points) if p == name], device=out.device)
+        x = zero["final"] if name == LOGITS else zero["reads"][name]
+        out[sel] += (x[0, prep.target_pos[sel]].float() * prep.target_vecs[sel]).sum(-1)
+    return out
+
+
+def naive_rows(prep: Prepared, which: Optional[Sequence[int]] = None) -> Float[Tensor, "k n"]:
+    """Rows of the targets `which` (indices into `prep.target_rows`; default all), each from its
+    own autograd backward through the real model run as the replacement (`replacement.frozen`)."""
     rep = prep.rep
     which = list(range(len(prep.target_rows))) if which is None else list(which)
-    n = len(prep.nodes)
-    out = torch.zeros(len(which), n)
-    const = torch.zeros(len(which))
+    out = torch.zeros(len(which), len(prep.nodes))
     with torch.enable_grad():
         with frozen(rep) as state:
             rep.model(rep.tokens[None])
         taps = state["taps"]
         names = list(taps)
-        with frozen(rep, sources=False) as zero:
-            rep.model(rep.tokens[None])
         for r, j in enumerate(which):
             point, p, vec = prep.target_points[j], int(prep.target_pos[j]), prep.target_vecs[j]
-            value = _target_value(state, point, p, vec)
-            grads = torch.autograd.grad(value, [taps[k] for k in names], retain_graph=True, allow_unused=True)
+            x = state["final"] if point == LOGITS else state["reads"][point]
+            grads = torch.autograd.grad(x[0, p].float() @ vec, [taps[k] for k in names], retain_graph=True,
+                                        allow_unused=True)
             for k, g in zip(names, grads):
                 if g is None:
                     continue
@@ -316,10 +329,4 @@ def naive_rows(prep: Prepared, which: Optional[Sequence[int]] = None) -> tuple[F
                 E = torch.einsum("pd,pkd->pk", g[0].float(), V)
                 keep = cols >= 0
                 out[r, cols[keep]] = E[keep].detach().cpu()
-            const[r] = float(_target_value(zero, point, p, vec).detach()) + float(prep.target_const[j])
-    return out, const
-
-
-def _target_value(state: dict, point: str, p: int, vec: Tensor) -> Tensor:
-    x = state["final"] if point == LOGITS else state["reads"][point]
-    return x[0, p].float() @ vec
+    return out

@@ -185,7 +185,7 @@ class AttributionGraph:
         `influence` and `cumulative` share. Pruning a pruned graph prunes its unpruned graph."""
         base = self.full or self
         res = _prune.prune(base.adjacency, base.logit_weights, base.kinds, node_threshold, edge_threshold)
-        keep = res.node_mask.nonzero().flatten()
+        keep = res.kept
         total = float(res.node_influence.sum()) or 1.0
         nodes = []
         for i in keep.tolist():
@@ -193,7 +193,7 @@ class AttributionGraph:
             n.influence = float(res.node_influence[i]) / total
             n.cumulative = float(res.cumulative[i])
             nodes.append(n)
-        A = (base.adjacency * res.edge_mask)[keep][:, keep]
+        A = base.adjacency[keep][:, keep] * res.edge_mask
         return AttributionGraph(nodes=nodes, adjacency=A, tokens=base.tokens, token_strs=base.token_strs,
                                 prompt=base.prompt, dictionaries=base.dictionaries, model=base.model,
                                 pruning=dict(node_threshold=node_threshold, edge_threshold=edge_threshold,

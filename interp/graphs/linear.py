@@ -7,20 +7,26 @@ s on a target node t is that gradient at the point where s writes, dotted with w
 out layer by layer, for a chunk of targets at once:
 
 * gradients are (pos, batch, d) tensors, one batch row per target node; a target injects its
-  read direction (a feature's encoder row, a logit's demeaned unembedding column) at its
-  point and position;
+  read direction (a feature's encoder row, a logit's demeaned unembedding column) at the point
+  it reads, at its position;
 * the walk starts at the highest point any row injects (layers above are never touched) and
-  runs on the prefix up to the last position any row reads (the model is causal);
-* attention's transpose is pattern^T per head as one (H, k, q) @ (H, q, batch * d_head)
-  matmul; norms multiply by w / scale and re-centre (LayerNorm);
+  runs on the prefix up to the last position any row reads (the model is causal); until the
+  first attention on the way down, only the chunk's own positions carry gradient;
+* frozen norms cost no pass of their own: a norm is y = (center?(x) * w + b') / s_pos with a
+  scalar s per position, so for attention's input norm the 1/s of each key position goes into
+  the frozen pattern and w and the centring into W_V; a target reading a norm's output (ln2,
+  ln_final) injects center?(w * v) / s_pos at the norm's input instead;
+* attention's transpose is z-grad = g W_O per head (one broadcast batched matmul that lands
+  head-major), pattern^T per head as one (H, k, q) @ (H, q, batch * d_head) matmul, then W_V;
 * at each source point the gradient is contracted with the vectors written there (active
-  features' a_f * W_dec rows and the error vector per position; the token embeddings at
-  the bottom) into the chunk's rows of the adjacency matrix;
-* every bias met on the way (b_V, b_O, norm biases, b_dec) is dotted with the gradient there
-  and summed into the row's constant, so value = sum of incoming edges + constant, exactly.
+  features' a_f * W_dec rows and the error vector per position; the token embeddings at the
+  bottom) into the chunk's rows of the adjacency matrix;
+* a node's constant (what the biases contribute: b_V, b_O, norm biases, b_dec, b_enc, b_U) is
+  not part of the pass: `attribute` reads it off one forward of the replacement with every
+  source zeroed; value = sum of incoming edges + constant, exactly.
 
 `frozen()` in `replacement.py` runs the real model as the same linear function; the tests check
-that one backward per node through it gives the same rows (`attribute.naive_rows`).
+that one autograd backward per node through it gives the same rows (`attribute.naive_rows`).
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from torch import Tensor
 
 from .replacement import FrozenAttention, FrozenNorm, Replacement
 
-__all__ = ["LinearReplacement", "LOGITS"]
+__all__ = ["LinearReplacement", "LOGITS", "EMBED"]
 
-LOGITS = "logits"  # the point where logit targets inject: the unembedding's input (ln_final's output)
+LOGITS = "logits"  # what logit targets read: the unembedding's input (ln_final's output)
 EMBED = "hook_embed"  # where token nodes write
 
 
@@ -43,6 +49,38 @@ def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     if a is None:
         return b
     return a if b is None else a + b
+
+
+def _acc(fresh: Optional[Tensor], other: Optional[Tensor]) -> Optional[Tensor]:
+    """fresh + other, in place in `fresh` (a tensor this pass just made and nothing else holds)."""
+    if fresh is None:
+        return other
+    return fresh if other is None else fresh.add_(other)
+
+
+def _norm_T(norm: Optional[FrozenNorm], g: Tensor) -> Tensor:
+    """Gradient at a frozen norm's output -> at its input: center?(g * w / s)."""
+    if norm is None:
+        return g
+    g = g * (norm.c if g.ndim == 2 else norm.c[: g.shape[0], None, :])
+    return g - g.mean(-1, keepdim=True) if norm.center else g
+
+
+class _Attention:
+    """One frozen attention layer's transpose, with its input norm folded in where it can be."""
+
+    def __init__(self, fa: FrozenAttention, norm: Optional[FrozenNorm], d: int):
+        self.fa = fa
+        H, dh = fa.n_heads, fa.d_head
+        self.W_O = None if fa.W_O is None else fa.W_O.reshape(d, H, dh).permute(1, 0, 2).contiguous()  # (H, d, dh)
+        self.pattern_T = fa.pattern.transpose(1, 2)  # (H, k, q)
+        self.norm = norm  # applied explicitly (shaped values read ln1(x) itself); None once folded
+        self.W_V = fa.W_V
+        if fa.kind == "standard" and norm is not None:
+            W = fa.W_V * norm.c[0] * norm.scale[0]  # W_V diag(w), as c = w / s
+            self.W_V = W - W.mean(1, keepdim=True) if norm.center else W
+            self.pattern_T = (fa.pattern / norm.scale[None, None, :, 0]).transpose(1, 2)  # 1 / s of each key
+            self.norm = None
 
 
 class LinearReplacement:
@@ -55,165 +93,183 @@ class LinearReplacement:
 
     def __init__(self, rep: Replacement, sources: dict[str, tuple[Tensor, Tensor]], n_cols: int):
         self.rep = rep
-        self.cfg = rep.cfg
-        self.sources = sources
+        self.cfg = cfg = rep.cfg
         self.n_cols = n_cols
         self.writes = {b.write: b for b in rep.bindings}
-        self.cuts = set(self.writes)  # every binding replaces the value at its write point
+        L = cfg.n_layers
+        self.attn = [_Attention(fa, rep.norms[f"blocks.{l}.ln1"], cfg.d_model) for l, fa in enumerate(rep.attns)]
+        # a point read right after a norm -> (the norm, the point whose output the norm reads)
+        self.after_norm: dict[str, tuple[Optional[FrozenNorm], str]] = {
+            LOGITS: (rep.norms["ln_final"], f"blocks.{L - 1}.hook_resid_post")}
+        for l in range(L):
+            p = f"blocks.{l}."
+            self.after_norm[p + "ln2.hook_normalized"] = (rep.norms.get(p + "ln2"), p + "hook_resid_mid")
+            self.after_norm[p + "ln1.hook_normalized"] = (rep.norms.get(p + "ln1"), p + "hook_resid_pre")
+        # sources, flattened: for a prefix of P positions the entries [:ends[P]] are the valid ones
+        self.sources = {}
+        for name, (V, cols) in sources.items():
+            T, K = cols.shape
+            flat = cols.reshape(-1)
+            valid = (flat >= 0).nonzero().flatten()
+            ends = torch.searchsorted(valid // K, torch.arange(T + 1, device=valid.device))
+            dense = None
+            if len(valid) == T * K and K > 1:  # no padding: features and errors each fill one column range
+                f, e = cols[:, : K - 1].reshape(-1), cols[:, K - 1]
+                if torch.equal(f, f[0] + torch.arange(len(f), device=f.device)) and \
+                        torch.equal(e, e[0] + torch.arange(T, device=e.device)):
+                    dense = (int(f[0]), int(e[0]))
+            self.sources[name] = (V, valid, flat[valid], ends.tolist(), dense)
 
     # ------------------------------------------------------------------ one chunk
     @torch.no_grad()
-    def rows(self, points: list[str], pos: Int[Tensor, "n"], vecs: Float[Tensor, "n d"]
-             ) -> tuple[Float[Tensor, "n cols"], Float[Tensor, "n"]]:
-        """Edges into n target nodes (row i: the node reading `points[i]` at `pos[i]` along
-        `vecs[i]`) and each one's constant (the biases' share of its value)."""
+    def rows(self, points: list[str], pos: Int[Tensor, "n"], vecs: Float[Tensor, "n d"],
+             out: Optional[Float[Tensor, "n cols"]] = None) -> Float[Tensor, "n cols"]:
+        """Edges into n target nodes: row i is the node reading `points[i]` at `pos[i]` along
+        `vecs[i]`. Written into `out` (zeros, e.g. a column-major view) when given."""
         B = len(points)
-        self._P = int(pos.max()) + 1
-        self._B = B
         dev = vecs.device
-        self._out = torch.zeros(B, self.n_cols, device=dev)
-        self._bias = torch.zeros(B, device=dev)
+        self._P, self._B = int(pos.max()) + 1, B
+        # built as (cols, batch): the readouts then write whole rows
+        self._out = torch.zeros(self.n_cols, B, device=dev) if out is None else out.T
         self._pending: dict[str, Tensor] = {}
-        self._inject: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-        for name in dict.fromkeys(points):
-            idx = torch.tensor([i for i, p in enumerate(points) if p == name], device=dev)
-            self._inject[name] = (idx, pos[idx], vecs[idx])
+        self._inject_out: dict[str, list] = {}  # added to the gradient at a point's output (reads of its value)
+        self._inject_in: dict[str, list] = {}  # added below a cut (an SAE's targets read its input)
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(points):
+            groups.setdefault(name, []).append(i)
+        for name, rows in groups.items():
+            sel = torch.tensor(rows, device=dev)
+            v, ps = vecs[sel], pos[sel]
+            if name in self.after_norm:
+                norm, at = self.after_norm[name]
+                if norm is not None:
+                    v = v * norm.c[ps]
+                    if norm.center:
+                        v = v - v.mean(-1, keepdim=True)
+                self._inject_out.setdefault(at, []).append((sel, ps, v))
+            elif name in self.writes and self.writes[name].kind == "sae":
+                self._inject_in.setdefault(name, []).append((sel, ps, v))
+            else:
+                self._inject_out.setdefault(name, []).append((sel, ps, v))
         self._lo = int(pos.min())  # positions below this carry no gradient until the first attention
-        g = self._norm_T(self.rep.norms["ln_final"], self._point(LOGITS, None))
         if self.cfg.stream == "factored":
-            gt, ge = g, g
+            gt = ge = None
             for layer in reversed(range(self.cfg.n_layers)):
                 gt, ge = self._block_factored(layer, gt, ge)
             g = gt
         else:
+            g = None
             for layer in reversed(range(self.cfg.n_layers)):
                 g = self._block_standard(layer, g)
         self._point(EMBED, g)
-        if self._inject:
-            raise ValueError(f"targets at unknown points: {sorted(self._inject)}")  # pragma: no cover
-        return self._out, self._bias
+        left = sorted(set(self._inject_out) | set(self._inject_in))
+        if left:
+            raise ValueError(f"targets at points the walk never met: {left}")  # pragma: no cover
+        return self._out.T
 
     # ------------------------------------------------------------------ points
-    def _point(self, name: str, g: Optional[Tensor]) -> Optional[Tensor]:
-        """Gradient at a point's output -> gradient at its input: read out the sources written
-        here, send a transcoder's skip share to its read point, stop at a cut, add the
-        injections of targets reading here."""
-        if g is not None and name in self.sources:
-            self._readout(name, g)
-        b = self.writes.get(name)
-        if b is not None and g is not None:
-            self._bias_dot(g, b.dec_bias)
-            if b.skip is not None:
-                self._pending[b.read] = _add(self._pending.get(b.read), g @ b.skip.T)
-        if name in self.cuts:
-            g = None
-        g = _add(g, self._injection(name))
-        return _add(g, self._pending.pop(name, None))
-
-    def _injection(self, name: str) -> Optional[Tensor]:
-        if name not in self._inject:
-            return None
-        idx, pos, vecs = self._inject.pop(name)
-        g = torch.zeros(self._P, self._B, vecs.shape[-1], device=vecs.device)
-        g[pos, idx] = vecs
+    def _inject(self, g: Optional[Tensor], items: list) -> Optional[Tensor]:
+        for idx, ps, v in items:
+            if g is None:  # a fresh tensor: safe to fill in place
+                g = torch.zeros(self._P, self._B, v.shape[-1], device=v.device).index_put_((ps, idx), v, accumulate=True)
+            else:
+                g = g.index_put((ps, idx), v, accumulate=True)
         return g
 
+    def _point(self, name: str, g: Optional[Tensor]) -> Optional[Tensor]:
+        """Gradient at a point's output -> gradient at its input: add the reads of its value,
+        read out the sources written here, send a transcoder's skip share towards its read
+        point, stop at a cut, add the injections of targets reading below the cut."""
+        g = self._inject(g, self._inject_out.pop(name, []))
+        g = _acc(self._pending.pop(name, None), g)
+        b = self.writes.get(name)
+        if g is not None and name in self.sources:
+            self._readout(name, g)
+        if b is not None and g is not None and b.skip is not None:
+            norm, at = self.after_norm.get(b.read, (None, b.read))
+            self._pending[at] = _add(self._pending.get(at), _norm_T(norm, g @ b.skip.T))
+        if b is not None:
+            g = None  # every binding replaces the value at its write point
+        return self._inject(g, self._inject_in.pop(name, []))
+
+    def _view(self, name: str) -> Optional[Tensor]:
+        """Reads of a factored model's read-only `hook_resid_*` view (it feeds xt and xe alike)."""
+        return _add(self._inject(None, self._inject_out.pop(name, [])), self._pending.pop(name, None))
+
     def _readout(self, name: str, g: Tensor) -> None:
-        V, cols = self.sources[name]
-        P = g.shape[0]
-        E = torch.bmm(g, V[:P].transpose(1, 2))  # (pos, batch, K)
-        c = cols[:P]
-        keep = c >= 0
-        self._out[:, c[keep]] = E.permute(1, 0, 2)[:, keep]
+        V, valid, cols, ends, dense = self.sources[name]
+        P, B = g.shape[0], self._B
+        E = torch.bmm(V[:P], g.transpose(1, 2))  # (pos, K, batch)
+        if dense is not None:  # every position has K - 1 features then the error: two column ranges
+            feat0, err0 = dense
+            K = V.shape[1]
+            self._out[feat0: feat0 + P * (K - 1)] = E[:, : K - 1].reshape(-1, B)
+            self._out[err0: err0 + P] = E[:, K - 1]
+            return
+        n = ends[P]
+        self._out[cols[:n]] = E.reshape(-1, B)[valid[:n]]
 
-    def _bias_dot(self, g: Tensor, v: Optional[Tensor]) -> None:
-        if v is not None:
-            self._bias += (g.reshape(-1, g.shape[-1]) @ v).view(g.shape[0], -1).sum(0)
-
-    # ------------------------------------------------------------------ pieces
-    def _norm_T(self, norm: Optional[FrozenNorm], g: Optional[Tensor]) -> Optional[Tensor]:
-        """Frozen norm y = center?(x) * c + b  ->  dx = center?(dy * c)."""
-        if norm is None or g is None:
-            return g
-        self._bias_dot(g, norm.b)
-        g = g * norm.c[: g.shape[0], None, :]
-        return g - g.mean(-1, keepdim=True) if norm.center else g
-
-    def _attn_T(self, layer: int, g: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """Gradient at attention's output -> (gradient at its normalised input, gradient at xt).
-
-        Only the value path carries gradient (the pattern is frozen): standard values read
-        ln1(x) through W_V, shaped values are ln1(x) itself, factored values read xt."""
+    # ------------------------------------------------------------------ attention
+    def _attn_T(self, layer: int, g: Optional[Tensor]) -> Optional[Tensor]:
+        """Gradient at attention's output -> gradient at its input: resid (standard: through
+        the folded ln1; shaped: ln1 explicitly) or xt (factored values)."""
         if g is None:
-            return None, None
-        fa: FrozenAttention = self.rep.attns[layer]
+            return None
+        a = self.attn[layer]
+        fa = a.fa
         P, B, d = g.shape
         H, dh = fa.n_heads, fa.d_head
         lo, self._lo = self._lo, 0  # the first attention on the way down spreads over all earlier positions
-        self._bias_dot(g, fa.b_O)
-        gz = g[lo:].reshape(-1, d)
-        if fa.W_O is not None:
-            gz = gz @ fa.W_O
-        gz = gz.view(P - lo, B, H, dh).permute(2, 0, 1, 3).reshape(H, P - lo, B * dh)
-        gv = fa.pattern[:, lo:P, :P].transpose(1, 2) @ gz  # (H, k, batch * d_head)
+        if a.W_O is not None:
+            gz = torch.matmul(g[lo:].reshape(1, -1, d), a.W_O)  # (H, (P - lo) * B, dh): head-major
+        else:
+            gz = g[lo:].reshape(P - lo, B, H, dh).permute(2, 0, 1, 3)
+        gv = a.pattern_T[:, :P, lo:P] @ gz.reshape(H, P - lo, B * dh)  # (H, k, batch * dh)
         if fa.kind == "standard" and fa.n_kv_heads != H:  # GQA: a kv head serves a run of query heads
             gv = gv.view(fa.n_kv_heads, H // fa.n_kv_heads, P, B * dh).sum(1)
         nh = gv.shape[0]
+        gv = gv.view(nh, P, B, dh)
         if fa.kind == "factored":
-            gv = gv.view(nh, P * B, dh)
             if fa.W_mix is not None:
-                gv = gv @ fa.W_mix.transpose(1, 2)
-            gv = gv.view(nh, P, B, dh).permute(1, 2, 0, 3).reshape(P, B, nh * dh)
-            if fa.M is not None:
-                gv = gv * fa.M[:P, None, :]
-            return None, gv
-        gv = gv.view(nh, P, B, dh).permute(1, 2, 0, 3).reshape(P * B, nh * dh)
-        if fa.kind == "shaped":
-            return gv.view(P, B, d), None
-        self._bias_dot(gv.view(P, B, -1), fa.b_V)
-        return (gv @ fa.W_V).view(P, B, d), None
+                gv = (gv.view(nh, P * B, dh) @ fa.W_mix.transpose(1, 2)).view(nh, P, B, dh)
+            gx = gv.permute(1, 2, 0, 3).reshape(P, B, nh * dh)
+            return gx * fa.M[:P, None, :] if fa.M is not None else gx
+        gv = gv.permute(1, 2, 0, 3).reshape(P * B, nh * dh)
+        g_n = gv.view(P, B, d) if fa.kind == "shaped" else (gv @ a.W_V).view(P, B, d)
+        return _norm_T(a.norm, g_n) if a.norm is not None else g_n
 
     # ------------------------------------------------------------------ blocks
     def _block_standard(self, layer: int, g: Optional[Tensor]) -> Optional[Tensor]:
         cfg, p = self.cfg, f"blocks.{layer}."
-        norms = self.rep.norms
         g = self._point(p + "hook_resid_post", g)
         if cfg.attn_only:  # resid_post = x + attn(ln1(x)), whatever the block layout
-            g_n1 = self._point(p + "ln1.hook_normalized", self._attn_T(layer, self._point(p + "hook_attn_out", g))[0])
-            return self._point(p + "hook_resid_pre", _add(g, self._norm_T(norms[p + "ln1"], g_n1)))
+            return self._point(p + "hook_resid_pre", _acc(self._attn_T(layer, self._point(p + "hook_attn_out", g)), g))
         self._point(p + "hook_mlp_out", g)  # the transcoder's write: the MLP itself carries no gradient
         if cfg.block == "sequential":
-            g_n2 = self._point(p + "ln2.hook_normalized", None)
-            g_mid = self._point(p + "hook_resid_mid", _add(g, self._norm_T(norms[p + "ln2"], g_n2)))
-            g_attn = self._point(p + "hook_attn_out", g_mid)
-            g_n1 = self._point(p + "ln1.hook_normalized", self._attn_T(layer, g_attn)[0])
-            g_x = _add(g_mid, self._norm_T(norms[p + "ln1"], g_n1))
+            g = self._point(p + "hook_resid_mid", g)
+            g_x = _acc(self._attn_T(layer, self._point(p + "hook_attn_out", g)), g)
         else:  # parallel: x + attn(ln1 x) + mlp(ln1 x); shaped: attn(ln1 x) + mlp(ln1 x), no skip
-            g_attn = self._point(p + "hook_attn_out", g)
-            g_n1 = self._point(p + "ln1.hook_normalized", self._attn_T(layer, g_attn)[0])
-            g_x = self._norm_T(norms[p + "ln1"], g_n1)
+            g_x = self._attn_T(layer, self._point(p + "hook_attn_out", g))
             if cfg.block == "parallel":
-                g_x = _add(g, g_x)
+                g_x = _acc(g_x, g)
         return self._point(p + "hook_resid_pre", g_x)
 
     def _block_factored(self, layer: int, gt: Optional[Tensor], ge: Optional[Tensor]
                         ) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """xt_mid = xt + attn(ln1(xt + xe); values from xt); xe_post = xe + mlp(ln2(xt_mid + xe))."""
         cfg, p = self.cfg, f"blocks.{layer}."
-        norms = self.rep.norms
-        gt = self._point(p + "hook_xt_post", gt)
-        ge = self._point(p + "hook_xe_post", ge)
+        v = self._view(p + "hook_resid_post")
+        gt = self._point(p + "hook_xt_post", _add(gt, v))
+        ge = self._point(p + "hook_xe_post", _add(ge, v))
         if not cfg.attn_only:
             self._point(p + "hook_mlp_out", ge)  # the MLP writes xe; replaced by its transcoder
-            if norms.get(p + "ln2") is not None or self.rep.model.blocks[layer].ln2 is not None:
-                g_n2 = self._point(p + "ln2.hook_normalized", None)
-                g_rm = self._point(p + "hook_resid_mid", self._norm_T(norms[p + "ln2"], g_n2))
-                gt, ge = _add(gt, g_rm), _add(ge, g_rm)
-        gt = self._point(p + "hook_xt_mid", gt)
-        ge = self._point(p + "hook_xe_mid", ge)
-        g_h, g_v = self._attn_T(layer, self._point(p + "hook_attn_out", gt))
-        g_h = self._point(p + "ln1.hook_normalized", g_h)
-        g_rp = self._point(p + "hook_resid_pre", self._norm_T(norms[p + "ln1"], g_h))
-        gt = _add(_add(gt, g_v), g_rp)
-        ge = _add(ge, g_rp)
-        return self._point(p + "hook_xt_pre", gt), self._point(p + "hook_xe_pre", ge)
+        v = self._view(p + "hook_resid_mid")
+        gt = self._point(p + "hook_xt_mid", _add(gt, v))
+        ge = self._point(p + "hook_xe_mid", _add(ge, v))
+        g_attn = self._attn_T(layer, self._point(p + "hook_attn_out", gt))
+        v = self._view(p + "hook_resid_pre")
+        if self.attn[layer].fa.kind == "shaped":  # values read ln1(xt + xe): the gradient goes to both
+            v = _acc(g_attn, v)
+        else:
+            gt = _acc(g_attn, gt)
+        return self._point(p + "hook_xt_pre", _add(gt, v)), self._point(p + "hook_xe_pre", _add(ge, v))

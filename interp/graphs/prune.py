@@ -37,14 +37,17 @@ def normalize(A: Float[Tensor, "n n"]) -> Float[Tensor, "n n"]:
 
 def influence(A: Float[Tensor, "n n"], w: Float[Tensor, "n"], normalized: bool = False,
               max_iter: int = 10_000) -> Float[Tensor, "n"]:
-    """Each node's influence on the weighted logits through paths of length >= 1."""
-    M = A if normalized else normalize(A)
-    cur = w @ M
+    """Each node's influence on the weighted logits through paths of length >= 1:
+    w Â + w Â² + ..., computed as repeated (v / rowsum) @ |A| (Â is never built)."""
+    M = A if normalized else A.abs()
+    rowsum = M.sum(1).clamp_min(1e-10) if not normalized else None
+    step = (lambda v: v @ M) if normalized else (lambda v: (v / rowsum) @ M)
+    cur = step(w)
     total = cur.clone()
     for _ in range(max_iter):
         if not bool(cur.any()):
             return total
-        cur = cur @ M
+        cur = step(cur)
         total += cur
     raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")  # pragma: no cover
 
@@ -61,8 +64,8 @@ def _threshold(scores: Tensor, fraction: float) -> Tensor:
 
 
 class PruneResult(NamedTuple):
-    node_mask: Bool[Tensor, "n"]
-    edge_mask: Bool[Tensor, "n n"]
+    kept: Tensor  # (k,) indices of the kept nodes, ascending
+    edge_mask: Bool[Tensor, "k k"]  # the kept edges among them (rows = targets)
     node_influence: Float[Tensor, "n"]  # influence in the unpruned graph
     cumulative: Float[Tensor, "n"]  # a node's rank as the cumulative share of influence down to it
 
@@ -72,39 +75,40 @@ def prune(A: Float[Tensor, "n n"], w: Float[Tensor, "n"], kinds: Tensor, node_th
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"{name}={v}: must be between 0 and 1")
-    always = (kinds == 2) | (kinds == 3)  # tokens and logits
-    inner = (kinds == 0) | (kinds == 1)  # features and errors
     node_inf = influence(A, w)
-    node_mask = node_inf >= _threshold(node_inf, node_threshold)
-    node_mask |= always
-    kept = A * node_mask[:, None] * node_mask[None, :]
-    M = normalize(kept)
-    edge_scores = M * (influence(M, w, normalized=True) + w)[:, None]
-    edge_mask = edge_scores >= _threshold(edge_scores, edge_threshold)
-    edge_mask &= kept != 0
+    node_mask = (node_inf >= _threshold(node_inf, node_threshold)) | (kinds == 2) | (kinds == 3)  # tokens, logits
+    kept = node_mask.nonzero().flatten()
+    # edges: on the kept nodes only (the rest of the matrix is zeroed by the node mask anyway)
+    sub, ws, ks = A[kept][:, kept], w[kept], kinds[kept]
+    M = normalize(sub)
+    edge_scores = M * (influence(M, ws, normalized=True) + ws)[:, None]
+    edge_mask = (edge_scores >= _threshold(edge_scores, edge_threshold)) & (sub != 0)
+    keep = torch.ones(len(kept), dtype=torch.bool)
+    inner = (ks == 0) | (ks == 1)  # features and errors
     while True:
-        old = node_mask.clone()
-        edge_mask &= node_mask[:, None] & node_mask[None, :]
-        node_mask &= ~inner | edge_mask.any(0)  # features and errors must feed something
-        node_mask &= (kinds != 0) | edge_mask.any(1)  # features must be fed by something
-        if torch.equal(old, node_mask):
+        old = keep.clone()
+        edge_mask &= keep[:, None] & keep[None, :]
+        keep &= ~inner | edge_mask.any(0)  # features and errors must feed something
+        keep &= (ks != 0) | edge_mask.any(1)  # features must be fed by something
+        if torch.equal(old, keep):
             break
     order = node_inf.argsort(descending=True)
     cum = torch.zeros_like(node_inf)
     cum[order] = node_inf[order].cumsum(0) / node_inf.sum().clamp_min(1e-10)
-    return PruneResult(node_mask, edge_mask, node_inf, cum)
+    return PruneResult(kept[keep], edge_mask[keep][:, keep], node_inf, cum)
 
 
 def scores(A: Float[Tensor, "n n"], w: Float[Tensor, "n"], kinds: Tensor,
            unexplained: Optional[Bool[Tensor, "n"]] = None) -> tuple[float, float]:
     """(replacement, completeness); `unexplained` defaults to the error nodes."""
     bad = (kinds == 1) if unexplained is None else unexplained
-    M = normalize(A)
-    inf = influence(M, w, normalized=True)
+    absA = A.abs()
+    rowsum = absA.sum(1)
+    inf = influence(A, w)
     tokens = inf[kinds == 2].sum()
     errors = inf[bad].sum()
     replacement = float(tokens / (tokens + errors).clamp_min(1e-10))
-    explained = 1 - M[:, bad].sum(1)
+    explained = 1 - (absA @ bad.to(absA.dtype)) / rowsum.clamp_min(1e-10)
     out = inf + w
     completeness = float((explained * out).sum() / out.sum().clamp_min(1e-10))
     return replacement, completeness
