@@ -22,6 +22,9 @@ once to a store on disk (`store.py`) from which a page opens any latent in milli
 Positions that are scored: real tokens, and not a leading BOS (`exclude_bos`, as
 `features.evaluate`): its activations are outliers no dictionary is trained on. BOS still
 shows inside contexts, at activation 0.
+
+The model runs once: the second pass reads the dictionary inputs kept from the first (up to
+`CACHE_BYTES`, 2 GiB; beyond that it runs the model again).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = ["dashboard", "prompt_latents", "open_dashboards", "DashboardStore", "
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_DIR = "dashboard"  # a dictionary's store, by default: DICT/dashboard
+CACHE_BYTES = 2 * 2**30  # dictionary inputs kept for the second pass up to this size (else the model runs again)
 Progress = Union[bool, Callable[[float, str], None]]
 
 
@@ -245,12 +249,22 @@ def _compute(sae, model, batches, n_top, n_intervals, per_interval, n_bins, n_lo
             m[:, 0] &= b.tokens[:, 0] != bos
         return m
 
+    # the second pass reuses the first pass's dictionary inputs when they fit in `CACHE_BYTES`
+    n_tok = sum(b.tokens.numel() for b in batches)
+    keep = n_tok * cfg.d_in * 4 <= CACHE_BYTES
+    inputs: list[torch.Tensor] = []
+
     def latent_batches():
         row = 0
-        for b in batches:
-            model.run_with_hooks(b.tokens, attention_mask=b.mask, stop_at_layer=stop, fwd_hooks=[(cfg.hook_name, capture)],
-                                 **({} if stop is not None else {"return_type": None}))
-            x = _flat(store.pop("x"), cfg.d_in)
+        for i, b in enumerate(batches):
+            if i < len(inputs):
+                x = inputs[i]
+            else:
+                model.run_with_hooks(b.tokens, attention_mask=b.mask, stop_at_layer=stop,
+                                     fwd_hooks=[(cfg.hook_name, capture)], **({} if stop is not None else {"return_type": None}))
+                x = _flat(store.pop("x"), cfg.d_in)
+                if keep:
+                    inputs.append(x)
             z = sae.activation(sae.pre_acts(x)).float()
             yield z * scored(b)[..., None], row
             row += len(b.tokens)

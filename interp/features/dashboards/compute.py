@@ -36,15 +36,22 @@ RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_a
 
 
 # ============================================================================ running top-k
+def _descending(key: Float[Tensor, "n"]) -> Int[Tensor, "n"]:
+    """float32 keys -> int64 in [0, 2^32) whose ascending order is the keys' descending order
+    (IEEE bits made order-preserving: negative floats have their non-sign bits flipped)."""
+    b = key.float().contiguous().view(torch.int32).long()
+    b = torch.where(b < 0, b ^ 0x7FFFFFFF, b)  # now ascending with the float
+    return (2**31 - 1) - b  # descending, non-negative
+
+
 def top_per_group(group: Int[Tensor, "n"], key: Float[Tensor, "n"], k: int) -> tuple[Tensor, Tensor]:
     """For entries tagged with `group`, the indices of the `k` largest `key`s of every group
-    and their rank in it (0 = largest), by two sorts (ties in any order)."""
+    and their rank in it (0 = largest): one sort of (group, -key) packed into an int64."""
     n = group.numel()
     if n == 0:
         empty = torch.zeros(0, dtype=torch.long, device=group.device)
         return empty, empty
-    order = key.argsort(descending=True)
-    order = order[group[order].argsort(stable=True)]  # by group, then by key (descending)
+    order = (group.long() * 2**32 + _descending(key)).argsort()
     g = group[order]
     rank = torch.arange(n, device=g.device) - torch.searchsorted(g, g)  # searchsorted: first index of g's group
     keep = rank < k
@@ -53,36 +60,56 @@ def top_per_group(group: Int[Tensor, "n"], key: Float[Tensor, "n"], k: int) -> t
 
 class TopBuffer:
     """The `k` entries with the largest keys of each of `n_groups` groups seen so far, each
-    with its value, its global token index and a window of activations (`width` floats)."""
+    with its value, its global token index and a window of activations (`width` floats).
+
+    An update only looks at the new entries whose key beats their group's current k-th best
+    (after the first batches, few do) and re-sorts only the groups they fall in, so the cost
+    per batch shrinks as the stream goes on. Windows are computed once, when an entry gets
+    in, into an append-only pool; the buffer holds pool indices (`window()` gathers them)."""
 
     def __init__(self, n_groups: int, k: int, width: int, device: torch.device):
-        self.n_groups, self.k = n_groups, k
+        self.n_groups, self.k, self.width = n_groups, k, width
         self.key = torch.full((n_groups, k), float("-inf"), device=device)
         self.value = torch.zeros(n_groups, k, device=device)
         self.token = torch.full((n_groups, k), -1, dtype=torch.long, device=device)
-        self.window = torch.zeros(n_groups, k, width, device=device)
+        self.slot = torch.full((n_groups, k), -1, dtype=torch.long, device=device)  # row of the window pool
+        self.pool: list[Tensor] = []
+        self.pooled = 0
 
     def update(self, group: Tensor, key: Tensor, value: Tensor, token: Tensor,
                windows: Callable[[Tensor], Tensor]) -> None:
         """Merge new entries; `windows(i)` gives the (len(i), width) windows of new entries
         `i` (called only for the entries that make it into the buffer)."""
-        held = self.token >= 0
-        old_group = torch.arange(self.n_groups, device=group.device)[:, None].expand_as(held)[held]
-        n_old = old_group.numel()
-        idx, rank = top_per_group(torch.cat([old_group, group]), torch.cat([self.key[held], key]), self.k)
-        g = torch.cat([old_group, group])[idx]
-        old, new = idx < n_old, idx >= n_old
-        window = torch.empty(idx.numel(), self.window.shape[-1], device=self.window.device)
-        window[old] = self.window[held][idx[old]]
-        if bool(new.any()):
-            window[new] = windows(idx[new] - n_old)
-        keys, values, tokens = (torch.cat([a[held], b])[idx] for a, b in
+        cand = (key > self.key[group, -1]).nonzero().flatten()  # beats its group's k-th best
+        if cand.numel() == 0:
+            return
+        group, key, value, token = group[cand], key[cand], value[cand], token[cand]
+        rows = (torch.bincount(group, minlength=self.n_groups) > 0).nonzero().flatten()  # the groups that change
+        held = self.token[rows] >= 0  # (m, k)
+        n_old = int(held.sum())
+        all_group = torch.cat([rows[:, None].expand_as(held)[held], group])
+        idx, rank = top_per_group(all_group, torch.cat([self.key[rows][held], key]), self.k)
+        new = (idx >= n_old).nonzero().flatten()
+        slots = torch.cat([self.slot[rows][held], torch.full_like(cand, -1)])[idx]
+        if new.numel():
+            self.pool.append(windows(cand[idx[new] - n_old]))
+            slots[new] = torch.arange(self.pooled, self.pooled + new.numel(), device=slots.device)
+            self.pooled += new.numel()
+        g = all_group[idx]
+        keys, values, tokens = (torch.cat([a[rows][held], b])[idx] for a, b in
                                 ((self.key, key), (self.value, value), (self.token, token)))
-        self.key.fill_(float("-inf"))
-        self.value.zero_()
-        self.token.fill_(-1)
-        self.window.zero_()
-        self.key[g, rank], self.value[g, rank], self.token[g, rank], self.window[g, rank] = keys, values, tokens, window
+        self.key[rows], self.value[rows], self.token[rows], self.slot[rows] = float("-inf"), 0.0, -1, -1
+        self.key[g, rank], self.value[g, rank], self.token[g, rank], self.slot[g, rank] = keys, values, tokens, slots
+        if self.pooled > 4 * self.n_groups * self.k:  # compact: keep only the windows still held
+            live = self.window().reshape(-1, self.width)
+            ids = torch.arange(live.shape[0], device=live.device).reshape(self.n_groups, self.k)
+            self.slot = torch.where(self.slot >= 0, ids, -1)
+            self.pool, self.pooled = [live], live.shape[0]
+
+    def window(self) -> Tensor:
+        """(n_groups, k, width) windows of the entries held (0 where a slot is empty)."""
+        pool = torch.cat(self.pool + [torch.zeros(1, self.width, device=self.key.device)])  # last row: empty
+        return pool[torch.where(self.slot >= 0, self.slot, pool.shape[0] - 1)]
 
 
 # ============================================================================ the two passes
@@ -163,11 +190,11 @@ def collect(latent_batches: Callable[[], Iterable[tuple[Tensor, int]]], d_sae: i
             progress("activation bins", b)
     return {
         "n_fired": n_fired.cpu(), "act_sum": act_sum.cpu(),
-        "top_value": top.value.cpu(), "top_token": top.token.cpu(), "top_acts": top.window.cpu(),
+        "top_value": top.value.cpu(), "top_token": top.token.cpu(), "top_acts": top.window().cpu(),
         "hist": hist.reshape(d_sae, n_bins).cpu(), "interval_count": counts.reshape(d_sae, n_intervals).cpu(),
         "interval_value": samples.value.reshape(d_sae, n_intervals, per_interval).cpu(),
         "interval_token": samples.token.reshape(d_sae, n_intervals, per_interval).cpu(),
-        "interval_acts": samples.window.reshape(d_sae, n_intervals, per_interval, width).cpu(),
+        "interval_acts": samples.window().reshape(d_sae, n_intervals, per_interval, width).cpu(),
     }
 
 
