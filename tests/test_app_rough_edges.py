@@ -54,7 +54,7 @@ def _warned(at, name: str) -> str:
     ("lens", dict(topk="50"), {"topk": "showing 10"}),
     ("lens", dict(pos="999"), {"pos": "outside this prompt"}),
     ("streams", dict(k="999"), {"k": "showing"}),
-    ("steps", dict(temp="9", greedy="0", n="5000"), {"temp": "showing 2", "n": "showing 256"}),
+    ("steps", dict(temp="9", greedy="0", n="0"), {"temp": "showing 2", "n": "showing 1"}),  # 1 token: fast
     ("compare", dict(ckpt="add3_none", nex="100000"), {"nex": "showing 40"}),
     ("patching", dict(mpos="999", acts=["resid_pre", "bogus_site"]), {"mpos": "outside", "acts": "bogus_site"}),
 ])
