@@ -58,6 +58,7 @@ PAPER = {
 SMALL = ["model.d_model=64", "model.n_heads=4", "model.d_mlp=256", "model.n_ctx=128", "task.n_nodes=[8, 10]",
          "task.edges_per_node=1.3", "task.path_length=[2, 2]", "task.n_symbols=12", "task.n_train=4000",
          "task.n_val=64", "task.n_test=64", "train.coconut.max_latent_stage=2", "train.coconut.epochs_per_stage=0.8",
+         "train.coconut.first_stage_epochs=0.8",
          "train.steps=150", "train.batch_size=64", "train.lr=3e-3", "train.warmup=20", "train.eval_every=150",
          "train.eval_generate=64", "train.save_every=50", "train.log_every=20", "train.device=cpu"]
 SMALL_OOD = {"longer_paths": {"path_length": [3, 3]}, "denser_graphs": {"edges_per_node": 2.0}}

@@ -130,6 +130,27 @@ def test_stages_switch_on_schedule_with_optimizer_resets(tmp_path):
     assert evals[-1]["mean_generated_tokens"] - evals[-1]["mean_language_tokens"] == 2  # two thoughts
 
 
+def test_uniform_mixing_draws_from_every_stage_or_only_those_reached():
+    task = make_task("graph", path_length=3, branching=0, n_train=200, n_val=2, n_test=2)
+    drawn = {}
+    for which in ("all", "so_far"):
+        staged = StagedTask(task, coconut_options({"uniform_prob": 1.0, "uniform_stages": which, "max_latent_stage": 3}))
+        drawn[which] = {e.meta["stage"] for e in staged.examples("train", 1, seed=0)}
+    assert drawn["all"] == {0, 1, 2, 3} and drawn["so_far"] == {0, 1}
+    with pytest.raises(tr.TrainConfigError, match="uniform_stages"):
+        coconut_options({"uniform_stages": "later"})
+
+
+def test_a_longer_first_stage(tmp_path):
+    """first_stage_epochs: stage 0 (the CoT) lasts 2 steps here, every later stage 1 step."""
+    tr.train(tiny_graph_config(tmp_path, "first", steps=5, eval_every=5,
+                               coconut={"mode": "coconut", "epochs_per_stage": 0.25, "first_stage_epochs": 0.5,
+                                        "max_latent_stage": 2}))
+    assert [(e["step"], e["stage"]) for e in events(tmp_path / "first", "stage")] == [(0, 0), (2, 1), (3, 2), (4, 3)]
+    with pytest.raises(tr.TrainConfigError, match="first_stage_epochs"):
+        coconut_options({"first_stage_epochs": 0})
+
+
 @pytest.mark.parametrize("stop_at", [2, 5])  # a stage boundary (stage 2 begins at step 2) and the last stage
 def test_resume_across_stages_is_exact(tmp_path, stop_at):
     full = tr.train(tiny_graph_config(tmp_path, "full", steps=8, eval_every=8,

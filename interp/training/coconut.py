@@ -17,11 +17,13 @@ replaces the first `k` steps by `k * c_thought` latent slots:
 with labels -100 on the prompt, `<bot>`, the slots (and `<eot>` when no language step is
 left), as in the reference implementation. `n_latent = c_thought * min(k, max_latent_stage)`
 with `pad_latent_to_max`, else `c_thought * min(k, max_latent_stage, n_steps)`. The stage is
-`step // steps_per_stage` (`epochs_per_stage` epochs of the train split each) up to
+`step // steps_per_stage` (`epochs_per_stage` epochs of the train split each; stage 0 lasts
+`first_stage_epochs` instead when given) up to
 `max_latent_stage + 1`, the last stage, where every step is latent: a pure function of the
 step, so resuming anywhere (a stage boundary included) continues exactly. `uniform_prob`
-trains each example, with that probability, at a stage drawn uniformly from 0..n_steps
-(seeded by the stage). `reset_optimizer` starts a fresh AdamW at every stage switch.
+trains each example, with that probability, at a stage drawn uniformly (seeded by the stage)
+from 0..n_steps (`uniform_stages: all`, as facebookresearch/coconut) or from 0..the current
+stage (`so_far`, as Ber666/reasoning-by-superposition: never a stage not yet reached). `reset_optimizer` starts a fresh AdamW at every stage switch.
 
 `mode` picks what the slots are:
 
@@ -58,15 +60,18 @@ from .data import ExampleTensors, TrainData
 from .loop import Sinks, Trainer, info, register_trainer
 
 MODES = ("coconut", "pause", "cot", "no_cot")
+UNIFORM_STAGES = ("all", "so_far")
 # tasks whose val and test splits do not depend on n_train (drawn first, by sampling)
 TEST_FIRST = ("graph", "rules", "prosqa")
 COCONUT_DEFAULTS: dict[str, Any] = dict(
     mode="coconut",
     c_thought=1,  # latent slots per replaced step
     epochs_per_stage=5,  # epochs of the train split per stage (a float is fine)
+    first_stage_epochs=None,  # stage 0 (plain CoT) only, when it should be longer (from scratch); None: epochs_per_stage
     max_latent_stage=6,  # stages 0..max_latent_stage, then the last stage (all steps latent)
     reset_optimizer=True,  # fresh AdamW at every stage switch
     uniform_prob=0.0,  # probability of training an example at a uniformly drawn stage
+    uniform_stages="all",  # drawn from: all (0..n_steps, as Coconut) | so_far (0..the current stage, as Zhu et al.)
     pad_latent_to_max=True,  # n_latent does not depend on the example's step count
     thought="resid",  # resid: the final-norm input; normed: ln_final of it (HF hidden_states[-1])
 )
@@ -91,12 +96,18 @@ def coconut_options(given: Optional[dict]) -> dict:
     if isinstance(o["epochs_per_stage"], bool) or not isinstance(o["epochs_per_stage"], (int, float)) \
             or not o["epochs_per_stage"] > 0:
         raise TrainConfigError(f"train.coconut.epochs_per_stage must be a positive number, got {o['epochs_per_stage']!r}")
+    if o["first_stage_epochs"] is not None and (isinstance(o["first_stage_epochs"], bool) or not isinstance(
+            o["first_stage_epochs"], (int, float)) or not o["first_stage_epochs"] > 0):
+        raise TrainConfigError(f"train.coconut.first_stage_epochs must be a positive number or null, got "
+                               f"{o['first_stage_epochs']!r}")
     if isinstance(o["uniform_prob"], bool) or not isinstance(o["uniform_prob"], (int, float)) \
             or not 0 <= o["uniform_prob"] <= 1:
         raise TrainConfigError(f"train.coconut.uniform_prob must be in [0, 1], got {o['uniform_prob']!r}")
     for key in ("reset_optimizer", "pad_latent_to_max"):
         if not isinstance(o[key], bool):
             raise TrainConfigError(f"train.coconut.{key} must be true or false, got {o[key]!r}")
+    if o["uniform_stages"] not in UNIFORM_STAGES:
+        raise TrainConfigError(f"train.coconut.uniform_stages={o['uniform_stages']!r}; choose from {list(UNIFORM_STAGES)}")
     if o["thought"] not in THOUGHT_SOURCES:
         raise TrainConfigError(f"train.coconut.thought={o['thought']!r}; choose from {list(THOUGHT_SOURCES)}")
     return o
@@ -232,7 +243,7 @@ class StagedTask:
         for p in self.parts(split)[:n]:
             s = stage
             if rng is not None and rng.random() < o["uniform_prob"]:
-                s = rng.randint(0, p.n_steps)
+                s = rng.randint(0, p.n_steps if o["uniform_stages"] == "all" else min(stage, p.n_steps))
             ids, labels, segments = p.layout(mode, s, o, self.latent_id)
             out.append(Example(ids, labels, segments, "", dict(p.example.meta, stage=s)))
         return out
@@ -440,11 +451,20 @@ class CoconutTrainer(Trainer):
     def steps_per_stage(self) -> int:
         return max(1, round(self.o["epochs_per_stage"] * self.steps_per_epoch))
 
+    @property
+    def steps_first_stage(self) -> int:
+        """Stage 0 (the CoT itself): `first_stage_epochs`, default `epochs_per_stage`."""
+        epochs = self.o["first_stage_epochs"]
+        return self.steps_per_stage if epochs is None else max(1, round(epochs * self.steps_per_epoch))
+
     def stage_at(self, step: int) -> int:
         """The curriculum stage of optimizer step `step` (0-based)."""
         if self.o["mode"] not in ("coconut", "pause"):
             return 0
-        return min(step // self.steps_per_stage, final_stage(self.o))
+        first = self.steps_first_stage
+        if step < first:
+            return 0
+        return min(1 + (step - first) // self.steps_per_stage, final_stage(self.o))
 
     # ------------------------------------------------------------------ extension points
     def make_data(self) -> TrainData:
