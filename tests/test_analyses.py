@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 import interp
@@ -65,3 +66,74 @@ def test_loss_shape_tells_a_plateau_and_a_bump_from_a_single_fall():
     single = loss_shape(steps, slope, score)
     assert single["loss_shape"] == "single fall" and single["largest_rise_before_fall"] == 0.0
     assert single["flattest_stretch_before_onset"]["share_of_total_fall"] > 0.05
+
+
+def tiny_alibi_and_ids(n=200):
+    from models import presets
+
+    torch.manual_seed(0)
+    model = presets.make("vanilla", "tiny", positional="alibi", d_vocab=20, n_ctx=16).eval()
+    return model, torch.randint(3, 20, (n,), generator=torch.Generator().manual_seed(1))
+
+
+def naive_loss(model, context_ids, target):
+    with torch.no_grad():
+        logits = model(context_ids[None])[0, -1]
+    return float(torch.nn.functional.cross_entropy(logits, torch.tensor(target)))
+
+
+@pytest.mark.parametrize("bos", [None, 1])
+def test_truncated_context_losses_against_a_loop(bos):
+    from interp import eval as ev
+
+    model, ids = tiny_alibi_and_ids()
+    context, window = 48, 12
+    full, truncs = ev.truncated_context_losses(model, ids, context, [window, 2 * window], bos=bos, stride=1)
+    trunc = truncs[window]
+    torch.testing.assert_close(full.mean(0), ev.loss_per_position(model, ids, context, bos=bos))
+    body = context - (bos is not None)
+    prefix = torch.tensor([bos]) if bos is not None else torch.tensor([], dtype=torch.long)
+    for i in range(len(full)):
+        row = ids[i * body : (i + 1) * body]
+        for t in range(full.shape[1]):
+            # the target and the tokens before it in the row (with bos, full column t predicts row[t])
+            target, before = (row[t], row[:t]) if bos is not None else (row[t + 1], row[: t + 1])
+            keep = window - 1 - (bos is not None)  # stride 1: exactly window - 1 tokens seen, bos included
+            seen = torch.cat([prefix, before[max(0, len(before) - keep):]])
+            assert trunc[i, t] == pytest.approx(naive_loss(model, seen, int(target)), rel=1e-4, abs=1e-5), (i, t)
+            if len(before) <= keep:
+                assert trunc[i, t] == pytest.approx(float(full[i, t]), rel=1e-5, abs=1e-6)
+    # a longer stride: every token sees between window - stride and window - 1 tokens
+    strided = ev.truncated_context_losses(model, ids, context, [window], bos=bos, stride=4)[1][window]
+    assert not strided.isnan().any()
+    row, t = ids[:body], 30
+    target, before = (row[t], row[:t]) if bos is not None else (row[t + 1], row[: t + 1])
+    options = [naive_loss(model, torch.cat([prefix, before[len(before) - k:]]), int(target))
+               for k in range(window - 4 - (bos is not None), window - (bos is not None))]
+    assert min(abs(o - float(strided[0, t])) for o in options) < 1e-4
+    with pytest.raises(ValueError, match="window"):
+        ev.truncated_context_losses(model, ids, context, [window, context + 1], bos=bos)
+
+
+def test_far_context_gain_and_attention_beyond_against_loops():
+    from interp import eval as ev
+
+    model, ids = tiny_alibi_and_ids()
+    full, trunc = torch.rand(5, 40), torch.rand(5, 40)
+    (band,) = ev.far_context_gain(full, trunc, [(10, 30)])
+    per_window = (trunc[:, 10:30] - full[:, 10:30]).mean(1)
+    assert band["gain"] == pytest.approx(float(per_window.mean())) and band["truncated"] == pytest.approx(
+        float(trunc[:, 10:30].mean()))
+    assert band["gain_se"] == pytest.approx(float(per_window.std() / 5**0.5))
+
+    context, distance = 40, 8
+    out = ev.attention_beyond(model, ids, context, distance, bos=1, batch_size=2)
+    rows = torch.cat([torch.ones(len(ids) // 39, 1, dtype=torch.long), ids[: len(ids) // 39 * 39].view(-1, 39)], 1)
+    _, cache = model.run_with_cache(rows)
+    for layer in range(model.cfg.n_layers):
+        pattern = cache["pattern", layer]  # (b, head, q, k)
+        far = torch.zeros(model.cfg.n_heads)
+        for q in range(distance, context):
+            far += pattern[:, :, q, 1 : q - distance + 1].sum(-1).mean(0)
+        torch.testing.assert_close(out["far"][layer], far / (context - distance), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(out["bos"][layer], pattern[:, :, distance:, 0].mean((0, 2)), rtol=1e-4, atol=1e-6)

@@ -1,6 +1,7 @@
 """The shipped reproductions, asserted from the shipped artifacts (data/runs/): grokking
 (Nanda et al. 2023) and induction-head formation (Olsson et al. 2022), both trained on an
-H100 with the configs in configs/reference/."""
+H100 with the configs in configs/reference/; and what the shipped ALiBi model does past its
+training length (data/checkpoints/shakespeare_factored_alibi)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from interp.training.progress import embedding_spectrum
 REPO = Path(__file__).resolve().parent.parent
 GROKKING = REPO / "data/runs/grokking"
 INDUCTION = REPO / "data/runs/induction_formation"
+ALIBI = REPO / "data/checkpoints/shakespeare_factored_alibi"
 
 
 def evals(run: Path) -> list[dict]:
@@ -111,3 +113,30 @@ def test_induction_heads_form_when_the_loss_drops(tmp_path):
     # independent of the analysis: the raw eval losses of metrics.jsonl never rise before the fall
     losses = [r["loss"] for r in evals(INDUCTION) if r["step"] <= 330]
     assert all(b < a for a, b in zip(losses, losses[1:]))
+
+
+def test_alibi_gains_next_to_nothing_from_context_beyond_its_training_length():
+    """The README's finding, on a subset: the first 8 windows of 4L = 1024 tokens of the test
+    split (the README's full run covers the whole split at 8L). At positions 512-1022, seeing
+    only the last 256-319 tokens (at least a training window) predicts within 0.005 nats of
+    seeing the whole window, a small fraction of what the tokens beyond the last 12-15 buy,
+    although one head per layer puts 15% or more of its attention that far back."""
+    from interp import eval as ev
+    from interp.checkpoint import load_config
+    from interp.tasks import make_task
+
+    model, tokenizer = interp.load(ALIBI)
+    task = make_task(**load_config(ALIBI)[1]["task"])
+    L, ids, bos = task.seq_len, ev.split_tokens(task, "test"), tokenizer.bos_token_id
+    assert L == 256 and model.cfg.positional == "alibi"
+    full, truncated = ev.truncated_context_losses(model, ids, 4 * L, [16, 320], bos=bos, stride={16: 4, 320: 64},
+                                                  max_windows=8)
+    (near,) = ev.far_context_gain(full, truncated[16], [(2 * L, 4 * L - 1)])
+    (far,) = ev.far_context_gain(full, truncated[320], [(2 * L, 4 * L - 1)])
+    assert near["gain"] > 3 * near["gain_se"] and near["gain"] > 0.01, near  # context 16+ tokens back is used
+    assert abs(far["gain"]) < 0.005 and far["gain"] < 0.25 * near["gain"], (far, near)  # beyond ~L: next to nothing
+    attention = ev.attention_beyond(model, ids, 4 * L, L, bos=bos, max_windows=2)["far"]
+    slopes = model.blocks[0].attn.alibi_slopes
+    flattest, steepest = int(slopes.argmin()), int(slopes.argmax())  # slopes 1/256 and 1/2
+    assert (attention[:, flattest] > 0.15).all(), attention  # this head reads far back in every layer ...
+    assert (attention[:, steepest] < 1e-6).all(), attention
