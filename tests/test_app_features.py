@@ -88,7 +88,7 @@ def test_dictionaries_found_by_the_rule(app, root):
     at = app()
     box = at.selectbox(key="w.dict")
     assert box.options and [o.split(" · ")[0] for o in box.options] == ["resid0", "resid1"]
-    assert at.query_params["page"] == "features"
+    assert at.query_params["page"] == "features" and "Features" in at.radio(key="w.page").options
 
 
 def test_the_page_computes_the_store_once_then_opens_it(app, root):
@@ -159,5 +159,5 @@ def test_bad_input_is_a_message(app, root):
     at = app(url=dict(alpha="1e12"), check=False)
     assert not at.exception and any("more than 1000 times" in e.value for e in at.error)
     at = app(url=dict(ckpt="add3_none", prompt=None))  # no dictionaries: the page is not offered
-    assert "features" not in at.radio(key="w.page").options
+    assert "Features" not in at.radio(key="w.page").options
     assert any("Features page is not available" in w.value and "no dictionaries" in w.value for w in at.warning)

@@ -176,7 +176,6 @@ def _dashboard(d, store) -> None:
 
 # ------------------------------------------------------------------ the prompt: activations, active features, steering
 def _on_prompt(ctx: Ctx, f, d, lat: int) -> None:
-    view, ck = ctx.view, ctx.ck
     st.markdown("#### On the prompt")
     p = ctx.prompt()
     ids, T = p.ids, len(p)

@@ -41,7 +41,7 @@ from ..dictionary import DictionaryError, SparseDictionary
 from ..splicing import IDENTITY_FIELDS, _flat, hook_widths, model_identity
 from .compute import collect, decoder_neighbours, logit_effects
 from .store import (FORMAT, LATENTS, MANIFEST, TENSORS, VOCAB, Context, DashboardStore, Interval, LatentDashboard,
-                    fingerprint, open_dashboards, show, summarise)
+                    fingerprint, open_dashboards, summarise)
 
 __all__ = ["dashboard", "prompt_latents", "open_dashboards", "DashboardStore", "LatentDashboard", "Context", "Interval", "fingerprint",
            "check_reads", "DEFAULT_DIR"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -97,7 +97,6 @@ class LatentDashboard:
     neighbours: list[tuple[int, float]]  # (latent, cosine of decoder rows)
     logit_note: str = ""
     hook: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def dead(self) -> bool:
