@@ -35,7 +35,14 @@ make_venv() {
   "$venv/bin/pip" install -q "$TORCH_SPEC"
   if ! "$venv/bin/pip" install -q -e ".[dev]" "$@" 2> "$DIR/$name.pip.log"; then
     grep -v "^WARNING: Location" "$DIR/$name.pip.log" > "$DIR/$name.blocked" || true
-    rm -rf "$venv"
+    # pip's message often names no pin; keep the client's own requirements so the test can say which
+    rm -rf "$DIR/$name.dl" && "$venv/bin/pip" download -q --no-deps -d "$DIR/$name.dl" "$@" 2>/dev/null || true
+    for w in "$DIR/$name.dl"/*.whl; do
+      [ -f "$w" ] && "$venv/bin/python" -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+print(z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode())" "$w" \
+        | grep "^Requires-Dist:" > "$DIR/$name.requires" || true
+    done
+    rm -rf "$venv" "$DIR/$name.dl"
     echo "[$name] BLOCKED: pip cannot install the toolkit together with $*; see $DIR/$name.blocked"
     return 0
   fi
