@@ -2,9 +2,10 @@
 Coconut and CoT (two seeds each), No-CoT and pause-as-thought with Coconut's curriculum, all
 trained at once on one GPU, evaluated, and packed as small checkpoints plus one table.
 
-    python scripts/coconut_reproduction.py --out $OUT --deadline 420          # GPU, first call
-    python scripts/coconut_reproduction.py --out $OUT --resume-from PREV      # a later call: PREV = the
-                                                                              # files the first one wrote
+    python scripts/coconut_reproduction.py --out $OUT --deadline 440          # GPU, first call
+    python scripts/coconut_reproduction.py --out $OUT --resume-from PREV      # a later call: PREV holds the
+                                                                              # state_<run>.tar of the first
+    python scripts/coconut_reproduction.py --install A/coconut_prosqa.tar [B/coconut_prosqa.tar]   # ship (CPU)
     python scripts/coconut_reproduction.py --out /tmp/repro --small           # CPU: the same code path, minutes
 
 1. Every run of `RUNS` (a config of `configs/coconut/` and a seed) trains in its own process, all
@@ -20,8 +21,9 @@ trained at once on one GPU, evaluated, and packed as small checkpoints plus one 
 4. `OUT/coconut_prosqa.tar`: `ship/coconut_<run>/` checkpoints (fp16 weights, tokenizer, config,
    metrics.jsonl, card.md), `comparison.json` (the table, training seconds and steps/s per
    run, the paper anchors) and `logs/`. `OUT/state_<run>.tar` for every run not finished (its
-   last checkpoint with the training state): carry the folder into the next call and pass it
-   to `--resume-from`. At most 8 files, each well under 16 MiB (6 runs: at most 7 files).
+   last checkpoint with the training state, ~5 MB): carry those into the next call and pass
+   their folder to `--resume-from` (with that call's `coconut_prosqa.tar` too, or not: then
+   `--install` merges the calls' tars). At most 8 files, each well under 16 MiB.
 The last line printed is a JSON summary.
 """
 
@@ -213,23 +215,35 @@ def unpack_previous(prev: Path, work: Path) -> None:
 RETIRED = [f"coconut_graph_{m}" for m in ("coconut", "cot", "no_cot", "pause")]  # replaced by this set (12 MB budget)
 
 
-def install(tar_path: Path, root: Path = REPO / "data" / "checkpoints") -> dict:
-    """Ship a finished call's `coconut_prosqa.tar`: its checkpoints into `root`, its table as
-    `root/coconut_prosqa_comparison.json`; the retired word-graph set (and its rows of
-    `coconut_comparison.json`) removed, so every shipped Coconut checkpoint fits 12 MB."""
-    with tarfile.open(tar_path) as t:
-        names = t.getnames()
-        table = json.loads(t.extractfile("comparison.json").read())
-        if table["unfinished"] or table.get("small"):
-            raise SystemExit(f"{tar_path}: not a finished full run (unfinished: {table['unfinished']}, "
-                             f"small: {table.get('small')}); continue it with --resume-from first")
-        members = [m for m in t.getmembers() if m.name.startswith("ship/")]
-        for m in members:
-            m.name = m.name.removeprefix("ship/")
-        for row in table["rows"]:
-            if "_ablate_" not in row["name"]:
-                shutil.rmtree(root / row["name"], ignore_errors=True)
-        t.extractall(root, members=[m for m in members if m.name], filter="data")
+def install(tars: list[Path], root: Path = REPO / "data" / "checkpoints") -> dict:
+    """Ship the `coconut_prosqa.tar` of one call, or of several calls (later ones win for a run
+    in both; a call made with only some `state_<run>.tar` carried holds only those runs): the
+    checkpoints into `root`, the merged table as `root/coconut_prosqa_comparison.json`; the
+    retired word-graph set (and its rows of `coconut_comparison.json`) removed, so every shipped
+    Coconut checkpoint fits 12 MB. Refused unless every run of `RUNS` is finished."""
+    rows: dict[str, dict] = {}
+    table: dict = {}
+    for tar_path in tars:
+        with tarfile.open(tar_path) as t:
+            table = json.loads(t.extractfile("comparison.json").read())
+            if table.get("small"):
+                raise SystemExit(f"{tar_path}: a --small run; not for shipping")
+            rows.update({r["name"]: r for r in table["rows"]})
+    missing = sorted({f"coconut_{n}" for n, _, _ in RUNS} - set(rows))
+    if missing:
+        raise SystemExit(f"not a finished full run: {missing} unfinished; continue them with --resume-from first")
+    for row in rows.values():
+        if "_ablate_" not in row["name"]:
+            shutil.rmtree(root / row["name"], ignore_errors=True)
+    for tar_path in tars:
+        with tarfile.open(tar_path) as t:
+            members = [m for m in t.getmembers() if m.name.startswith("ship/") and m.name != "ship"]
+            for m in members:
+                m.name = m.name.removeprefix("ship/")
+            t.extractall(root, members=members, filter="data")
+    order = {f"coconut_{n}": i for i, (n, _, _) in enumerate(RUNS)}
+    table = dict(table, rows=sorted(rows.values(), key=lambda r: (order.get(r["name"], len(order)), r["name"])),
+                 unfinished=[], calls=len(tars))
     (root / "coconut_prosqa_comparison.json").write_text(json.dumps(table, indent=2) + "\n")
     for name in RETIRED:
         shutil.rmtree(root / name, ignore_errors=True)
@@ -241,7 +255,7 @@ def install(tar_path: Path, root: Path = REPO / "data" / "checkpoints") -> dict:
         old.write_text(json.dumps(doc, indent=2) + "\n")
     size = sum(p.stat().st_size for d in root.glob("coconut_*") if d.is_dir() for p in d.iterdir())
     print(json.dumps({"installed": [r["name"] for r in table["rows"] if "_ablate_" not in r["name"]],
-                      "removed": RETIRED, "coconut_checkpoints_mib": round(size / 2**20, 2), "files": len(names)}))
+                      "removed": RETIRED, "coconut_checkpoints_mib": round(size / 2**20, 2)}))
     return table
 
 
@@ -257,8 +271,8 @@ def main(argv=None):
     p.add_argument("--ablate", action="append", default=[], metavar="KEY=VALUE",
                    help="also train a Coconut run (seed 0) with this one change (repeatable); its row goes into the "
                         "table, its checkpoint is not shipped")
-    p.add_argument("--install", type=Path, default=None, metavar="TAR",
-                   help="ship a finished call's coconut_prosqa.tar into data/checkpoints (and retire the graph set)")
+    p.add_argument("--install", type=Path, nargs="+", default=None, metavar="TAR",
+                   help="ship the coconut_prosqa.tar of the call(s) into data/checkpoints (and retire the graph set)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--stem", default=None, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)

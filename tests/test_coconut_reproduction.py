@@ -104,21 +104,31 @@ def test_install_ships_the_set_and_retires_the_graph_set(tmp_path):
         (root / name / "model.safetensors").write_bytes(b"x" * 10)
     (root / "coconut_comparison.json").write_text(json.dumps({"rows": [{"name": n} for n in repro.RETIRED] +
                                                                       [{"name": "coconut_add3_cot"}]}))
-    staging = tmp_path / "s"
-    (staging / "ship" / "coconut_prosqa_cot").mkdir(parents=True)
-    (staging / "ship" / "coconut_prosqa_cot" / "card.md").write_text("card")
-    for small, unfinished in ((True, []), (False, ["prosqa_coconut"]), (False, [])):
-        (staging / "comparison.json").write_text(json.dumps({"rows": [{"name": "coconut_prosqa_cot"}],
-                                                             "unfinished": unfinished, "small": small}))
-        with tarfile.open(tmp_path / "c.tar", "w") as t:
+    names = [f"coconut_{n}" for n, _, _ in repro.RUNS]
+
+    def call(tar, runs, small=False):  # a call's coconut_prosqa.tar holding these finished runs
+        staging = tmp_path / tar.stem
+        for n in runs:
+            (staging / "ship" / n).mkdir(parents=True, exist_ok=True)
+            (staging / "ship" / n / "card.md").write_text(f"{n} from {tar.stem}")
+        (staging / "comparison.json").write_text(json.dumps({"rows": [{"name": n, "call": tar.stem} for n in runs],
+                                                             "small": small}))
+        with tarfile.open(tar, "w") as t:
             t.add(staging / "ship", arcname="ship")
             t.add(staging / "comparison.json", arcname="comparison.json")
-        if small or unfinished:
-            with pytest.raises(SystemExit, match="not a finished full run"):
-                repro.install(tmp_path / "c.tar", root)
-    repro.install(tmp_path / "c.tar", root)
-    assert (root / "coconut_prosqa_cot" / "card.md").read_text() == "card"
-    assert json.loads((root / "coconut_prosqa_comparison.json").read_text())["rows"] == [{"name": "coconut_prosqa_cot"}]
+        return tar
+
+    first = call(tmp_path / "first.tar", names[:4])
+    with pytest.raises(SystemExit, match="unfinished"):
+        repro.install([first], root)
+    with pytest.raises(SystemExit, match="small"):
+        repro.install([call(tmp_path / "small.tar", names, small=True)], root)
+    second = call(tmp_path / "second.tar", names[3:])  # the later call also holds names[3]: it wins
+    table = repro.install([first, second], root)
+    assert [r["name"] for r in table["rows"]] == names and table["rows"][3]["call"] == "second"
+    assert (root / names[3] / "card.md").read_text() == f"{names[3]} from second"
+    assert (root / names[0] / "card.md").read_text() == f"{names[0]} from first"
+    assert json.loads((root / "coconut_prosqa_comparison.json").read_text())["rows"] == table["rows"]
     assert not any((root / n).exists() for n in repro.RETIRED) and (root / "coconut_add3_cot").exists()
     doc = json.loads((root / "coconut_comparison.json").read_text())
     assert doc["rows"] == [{"name": "coconut_add3_cot"}] and doc["retired"] == sorted(repro.RETIRED)
