@@ -60,4 +60,6 @@ def preset_name(request) -> str:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "equivalence: two computations of the same numbers (fast vs explicit, cached vs "
+                            "not, ours vs TL/HF); `make test` runs them a second time on other CPU kernels")
     config.addinivalue_line("markers", "clients: runs a peer library in its own virtualenv (skipped when it is missing)")

@@ -12,10 +12,12 @@ from transformer_lens.tools.analysis.attribution_patching import cache_activatio
 
 import interp
 from conftest import PRESETS, build, tiny, tokens
+from tolerance import OTHER_CODE, approx_tol, close
 from interp import attribution, patching
 
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
+
 CKPT = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-TOL = dict(atol=1e-5, rtol=1e-5)
 ADDITIVE = [p for p in PRESETS if p != "sasp"]
 METRIC = patching.logit_diff(3, 5)
 
@@ -93,26 +95,26 @@ def test_dla_sums_to_the_logits_and_matches_tl_logit_attrs(name):
     expected = logits[:, :-1].gather(-1, targets[..., None])[..., 0]
     valid = mask[:, 1:] & mask[:, :-1]
     got = dla.values.sum(0)[:, :-1] + dla.constant[:, :-1]
-    torch.testing.assert_close(got[valid], expected[valid], **TOL)
-    torch.testing.assert_close(dla.logit[:, :-1][valid], expected[valid], **TOL)
+    close(got[valid], expected[valid], ulps=OTHER_CODE)  # a sum of many larger attributions
+    close(dla.logit[:, :-1][valid], expected[valid])
     assert torch.isnan(dla.values[:, :, -1]).all() and torch.isnan(dla.values[:, 1, 5:]).all()
     # each head and each MLP against TL's logit_attrs (its own centring and cached-scale algebra)
     front = slice(0, -1)
     heads = cache.stack_head_results(layer=-1, pos_slice=front)  # (layer * head, batch, pos - 1, d_model)
     tl_heads = cache.logit_attrs(heads, tokens=targets, pos_slice=front)
     ours = dla.values[[i for i, k in enumerate(dla.kinds) if k == "head"]][:, :, :-1]
-    torch.testing.assert_close(ours[:, valid], tl_heads[:, valid].float(), **TOL)
+    close(ours[:, valid], tl_heads[:, valid].float(), ulps=OTHER_CODE)
     if not model.cfg.attn_only:
         for l in range(model.cfg.n_layers):
             tl_mlp = cache.logit_attrs(cache["mlp_out", l][None, :, :-1], tokens=targets, pos_slice=front)[0]
-            torch.testing.assert_close(dla.values[dla.labels.index(f"L{l} MLP"), :, :-1][valid], tl_mlp[valid], **TOL)
+            close(dla.values[dla.labels.index(f"L{l} MLP"), :, :-1][valid], tl_mlp[valid], ulps=OTHER_CODE)
     # the per-stream split of a factored model: xt and xe at the end of the last block
     if model.cfg.stream == "factored":
         L = model.cfg.n_layers
         streams = dla.per_stream()
         for s in ("xt", "xe"):
             tl = cache.logit_attrs(cache[f"blocks.{L - 1}.hook_{s}_post"][None, :, :-1], tokens=targets, pos_slice=front)[0]
-            torch.testing.assert_close(streams[s][:, :-1][valid], tl[valid], **TOL)
+            close(streams[s][:, :-1][valid], tl[valid], ulps=OTHER_CODE)
 
 
 def test_dla_logit_difference_positions_and_views():
@@ -125,7 +127,7 @@ def test_dla_logit_difference_positions_and_views():
     rows = torch.arange(3)
     for j, p in enumerate((7, 2)):
         diff = logits[:, p, 3] - logits[rows, p, wrong]
-        torch.testing.assert_close(dla.values.sum(0)[:, j] + dla.constant[:, j], diff, **TOL)
+        close(dla.values.sum(0)[:, j] + dla.constant[:, j], diff, ulps=OTHER_CODE)
     assert dla.positions == [7, 2] and dla.values.shape == (len(dla.labels), 3, 2)
     rows_, names = dla.by_layer()
     assert names[:2] == ["embed", "L0 attn"] and "L1 MLP" in names
@@ -165,7 +167,7 @@ def test_attribution_patching_equals_tl_gradient_cache(name):
             total = 0
             for n in set(names(a, l)) & wanted:
                 total = total + ((cleans.activations[n] - grads.activations[n]) * grads.gradients[n]).sum(reduce).sum(0)
-            torch.testing.assert_close(est[a].values[l], total + base, **TOL, msg=f"{name} {a} L{l}")
+            close(est[a].values[l], total + base, ulps=OTHER_CODE, msg=f"{name} {a} L{l}")  # TL's gradients
     assert est["z"].method == "attribution" and est["z"].dims == ("layer", "pos", "head")
 
 
@@ -184,9 +186,10 @@ def test_attribution_patching_is_exact_where_the_metric_is_linear():
             for act, by in sites:
                 real = patching.activation_patching(model, clean, corrupted, metric, act, by, direction=direction,
                                                     layers=[1], reduce="none")
-                torch.testing.assert_close(est[act].values[1:], real.values, **TOL, msg=f"{direction} {act}")
-                torch.testing.assert_close(est[act].baseline, real.baseline, **TOL)
-                torch.testing.assert_close(est[act].source, real.source, **TOL)
+                # two algorithms (gradient x difference vs a patched forward) for logit differences
+                close(est[act].values[1:], real.values, ulps=OTHER_CODE, msg=f"{direction} {act}")
+                close(est[act].baseline, real.baseline, ulps=OTHER_CODE)
+                close(est[act].source, real.source, ulps=OTHER_CODE)
                 assert not torch.allclose(est[act].values[1:], real.baseline[None, None], atol=1e-3)
 
 
@@ -222,7 +225,9 @@ def test_attribution_figures():
     assert len(bars.data[0].y) == 5
     stacked = plots.logit_attribution_stacked(dla, batch=0, pos=-2)
     assert {t.name for t in stacked.data} >= {"H0", "H3", "MLP", "embed"}
-    assert sum(sum(t.y) for t in stacked.data) == pytest.approx(float(dla.values[:, 0, -2].sum()), abs=1e-4)
+    want = float(dla.values[:, 0, -2].sum())  # the figure's bars, summed: the same terms in another order
+    assert sum(sum(t.y) for t in stacked.data) == pytest.approx(want, **approx_tol(
+        want, ulps=OTHER_CODE, scale=float(dla.values[:, 0, -2].abs().sum())))
     heat = plots.logit_attribution_heatmap(dla, labels=[str(t) for t in clean[0].tolist()])
     assert heat.data[0].z.shape == (len(dla.labels), 6)
     est = attribution.attribution_patching(model, clean, corrupted, METRIC, acts=("z",))["z"]

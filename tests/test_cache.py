@@ -3,8 +3,12 @@ import json
 import pytest
 import torch
 
+from tolerance import close
+
 from interp import cache
 from models import presets
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,8 @@ def test_cached_slicing_matches_run_with_cache(model):
     c = cache.cached(model, tokens, names=["pattern", "resid_post"], batch=1, pos=slice(-4, None))
     assert set(c.keys()) == {"blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern",
                              "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
-    torch.testing.assert_close(c["blocks.1.hook_resid_post"], full["blocks.1.hook_resid_post"][1, -4:])
-    torch.testing.assert_close(c["blocks.0.attn.hook_pattern"], full["blocks.0.attn.hook_pattern"][1, :, -4:])
+    close(c["blocks.1.hook_resid_post"], full["blocks.1.hook_resid_post"][1, -4:])
+    close(c["blocks.0.attn.hook_pattern"], full["blocks.0.attn.hook_pattern"][1, :, -4:])
     c2 = cache.cached(model, tokens, names="resid_pre", batch=[0, 2], pos=3)
     torch.testing.assert_close(c2["blocks.0.hook_resid_pre"], full["blocks.0.hook_resid_pre"][[0, 2], 3:4])
 
@@ -45,7 +49,7 @@ def _store_equals_direct(reader, model, tokens, mask=None):
         for name in names:
             want = direct[name][i]
             want = want.index_select(1, real).index_select(2, real) if "pattern" in name else want[real]
-            torch.testing.assert_close(reader[name][i], want)
+            close(reader[name][i], want)
         assert reader.tokens[i].tolist() == tokens[i, real].tolist()
 
 

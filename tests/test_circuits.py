@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import interp
+from tolerance import OTHER_CODE, approx_tol
+
 from analyses import circuits
 from analyses.common import load_with_task
 
@@ -29,9 +31,11 @@ def test_induction_circuit(tmp_path):
     # the metric of the unpatched runs, recomputed from the model directly
     model, _ = interp.load(CKPT / "induction_attn_only")
     clean, corrupted, metric = circuits.induction_prompts(model, 6)
-    with torch.no_grad():
-        assert summary["metric_clean"] == pytest.approx(float(metric(model(clean)).mean()), abs=1e-4)
-        assert summary["metric_corrupted"] == pytest.approx(float(metric(model(corrupted)).mean()), abs=1e-4)
+    with torch.no_grad():  # logit differences, computed through patching's base run: their logits are the scale
+        for key, prompts in (("metric_clean", clean), ("metric_corrupted", corrupted)):
+            logits = model(prompts)
+            want = float(metric(logits).mean())
+            assert summary[key] == pytest.approx(want, **approx_tol(want, ulps=OTHER_CODE, scale=float(logits.abs().max())))
     assert summary["metric_clean"] > 10 > -10 > summary["metric_corrupted"]
     assert (tmp_path / "induction_path_to_k.html").stat().st_size > 1000
 
@@ -53,8 +57,9 @@ def test_addition_digits_and_carries(tmp_path):
     assert exp["answer_0"]["positions_that_differ"] == ["a0", "s0.x", "s0.d"] and roles[-1] == "r1"
     with torch.no_grad():
         logits = model(clean)[:, -1]
-    direct = (logits.gather(-1, want[:, None]) - logits.gather(-1, other[:, None])).mean()
-    assert exp["answer_0"]["metric_clean"] == pytest.approx(float(direct), abs=1e-4)
+    direct = float((logits.gather(-1, want[:, None]) - logits.gather(-1, other[:, None])).mean())
+    assert exp["answer_0"]["metric_clean"] == pytest.approx(direct, **approx_tol(
+        direct, ulps=OTHER_CODE, scale=float(logits.abs().max())))
     assert (tmp_path / "add_answer_0_resid.html").exists()
 
 

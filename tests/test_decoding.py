@@ -14,6 +14,8 @@ from conftest import PRESETS, tiny
 from models import decoding
 from models.generation import generate
 
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
+
 PROMPTS = [[5, 9, 2, 7, 11, 3], [4, 8], [13, 1, 6, 22]]
 
 

@@ -10,8 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tolerance import approx_tol, close
+
 from interp import eval as ev
 from models import presets
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,19 +46,20 @@ def test_loss_at_context_equals_naive_windows(bos):
     for context in (16, 64):  # 64 > n_ctx: ALiBi extrapolates
         wins = naive_window_losses(model, ids, context, context - (bos is not None), bos)
         expected = torch.cat(wins).mean()
-        assert ev.loss_at_context(model, ids, context, bos=bos) == pytest.approx(float(expected), rel=1e-5)
+        assert ev.loss_at_context(model, ids, context, bos=bos) == pytest.approx(float(expected), **approx_tol(expected))
         step = context // 2
         wins = naive_window_losses(model, ids, context, step, bos)
         scored = torch.cat([wins[0]] + [w[-step:] for w in wins[1:]])
+        want = scored.mean()
         assert ev.loss_at_context(model, ids, context, mode="sliding", stride=step, bos=bos) == pytest.approx(
-            float(scored.mean()), rel=1e-5)
+            float(want), **approx_tol(want))
 
 
 def test_per_position_and_icl_score():
     model, ids = model_and_ids()
     pp = ev.loss_per_position(model, ids, 40, bos=1)
     wins = naive_window_losses(model, ids, 40, 39, 1)
-    torch.testing.assert_close(pp, torch.stack(wins).mean(0), rtol=1e-5, atol=1e-6)
+    close(pp, torch.stack(wins).mean(0))
     assert ev.icl_score(pp, late=30, early=5, band=0) == pytest.approx(float(pp[30] - pp[5]))
     assert ev.icl_score(pp, late=30, early=5, band=2) == pytest.approx(float(pp[28:33].mean() - pp[3:8].mean()))
     with pytest.raises(ValueError, match="early"):

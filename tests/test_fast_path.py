@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from conftest import PRESETS, tiny, tokens
+from tolerance import close
 from models.attention import Attention
 
-TOL = dict(atol=1e-5, rtol=1e-5)
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
+
 PATTERN_HOOKS = ("attn_scores", "pattern")
 
 
@@ -32,7 +34,7 @@ def _compare(model, toks, mask=None):
     slow_logits, slow = model.run_with_cache(toks, **kw)
     assert {b.attn.last_path for b in model.blocks} == {"explicit"}
     rows = mask if mask is not None else torch.ones(toks.shape, dtype=torch.bool)
-    torch.testing.assert_close(fast_logits[rows], slow_logits[rows], **TOL)
+    close(fast_logits[rows], slow_logits[rows])
     common = set(fast.keys()) & set(slow.keys())
     assert common == set(slow.keys()) - {k for k in slow.keys() if not _no_pattern(k)}
     assert len(common) > 10
@@ -40,7 +42,7 @@ def _compare(model, toks, mask=None):
         a, b = fast[key], slow[key]
         if a.shape[:2] == rows.shape:  # (batch, pos, ...): compare real tokens
             a, b = a[rows], b[rows]
-        torch.testing.assert_close(a, b, **TOL, msg=f"{model.cfg.name}: {key}")
+        close(a, b, msg=f"{model.cfg.name}: {key}")
     return slow
 
 
@@ -74,8 +76,8 @@ def test_fast_equals_explicit_with_kv_cache(name):
                 steps.append(model(toks[:, t : t + 1], past_kv_cache=cache))
             assert {b.attn.last_path for b in model.blocks} == {"explicit" if explicit else "sdpa"}
         outs[explicit] = torch.cat(steps, dim=1)
-    torch.testing.assert_close(outs[False], outs[True], **TOL)
-    torch.testing.assert_close(outs[False], model(toks), **TOL)
+    close(outs[False], outs[True])
+    close(outs[False], model(toks))
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -131,7 +133,7 @@ def test_editing_pattern_changes_output():
         ("blocks.0.attn.hook_v", lambda t, hook: z.setdefault("v", t)),
     ])
     expected = torch.einsum("qk,bkhd->bqhd", uniform, z["v"])
-    torch.testing.assert_close(z["z"], expected, **TOL)
+    close(z["z"], expected)
 
 
 def test_padded_pattern_rows_are_valid():

@@ -3,7 +3,11 @@
 import pytest
 import torch
 
+from tolerance import close
+
 from models import presets
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 
 @pytest.mark.parametrize("name", presets.NAMES)
@@ -15,7 +19,7 @@ def test_inputs_embeds_equal_token_forward(name):
     mask[1, :3] = False  # left padding
     ref = model(tokens, attention_mask=mask)
     out = model(inputs_embeds=model.embed(tokens), attention_mask=mask)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    close(out, ref)
 
 
 def test_input_ids_and_labels_read_like_transformers():
@@ -35,7 +39,7 @@ def test_last_position_only():
     tokens = torch.randint(0, model.cfg.d_vocab, (3, 6))
     last = model(tokens, last_position_only=True)
     assert last.shape == (3, 1, model.cfg.d_vocab)
-    torch.testing.assert_close(last, model(tokens)[:, -1:])
+    close(last, model(tokens)[:, -1:])
 
 
 def test_forward_argument_errors():
@@ -63,7 +67,7 @@ def test_stop_at_layer_returns_the_residual_the_cache_sees(name):
     for stop in range(-L, L + 1):
         n = stop % L if stop < 0 else stop
         want = cache[f"blocks.{n}.hook_resid_pre"] if n < L else cache[f"blocks.{L - 1}.hook_resid_post"]
-        torch.testing.assert_close(model(tokens, stop_at_layer=stop), want, atol=1e-5, rtol=1e-5)
+        close(model(tokens, stop_at_layer=stop), want)
     fired = []
     model.blocks[L - 1].hook_resid_pre.add_hook(lambda x, hook: fired.append(hook.name))
     model(tokens, stop_at_layer=L - 1)

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from conftest import PRESETS, VOCAB, tiny, tokens
+from tolerance import close
 from models import KVCache
 from models.generation import Generation, generate, generate_next_token, sample_logits
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 PROMPTS = [[5, 9, 2, 7, 11, 3], [4, 8], [13, 1, 6, 22]]
 
@@ -84,10 +87,10 @@ def test_kv_cache_logits_equal_full_forward(name):
     mask[2, :2] = False
     full = model(toks, attention_mask=mask)
     inc = _incremental_logits(model, toks, mask, first=6)
-    torch.testing.assert_close(inc[mask], full[mask], atol=1e-4, rtol=1e-4)
+    close(inc[mask], full[mask])
     for i in range(3):  # and each row == that row alone, unpadded
         alone = model(toks[i][mask[i]][None])[0]
-        torch.testing.assert_close(inc[i][mask[i]], alone, atol=1e-4, rtol=1e-4)
+        close(inc[i][mask[i]], alone)
 
 
 @pytest.mark.parametrize("positional", ["alibi", "rope", "none"])
@@ -98,7 +101,7 @@ def test_kv_cache_logits_past_n_ctx(positional):
     mask[1, :3] = False
     full = model(toks, attention_mask=mask)
     inc = _incremental_logits(model, toks, mask, first=4)
-    torch.testing.assert_close(inc[mask], full[mask], atol=1e-4, rtol=1e-4)
+    close(inc[mask], full[mask])
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -132,10 +135,10 @@ def test_generate_next_token(name):
     # with a KV cache: feed the prompt, then only the new token
     cache = KVCache(model.cfg.n_layers)
     _, first = generate_next_token(model, toks, past_kv_cache=cache, greedy=True)
-    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    close(first, expected)
     nxt, step = generate_next_token(model, tok[:, None], past_kv_cache=cache, greedy=True)
     full = model(torch.cat([toks, tok[:, None]], dim=1))[:, -1]
-    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    close(step, full)
     assert torch.equal(nxt, full.argmax(-1))
 
 

@@ -7,8 +7,12 @@ import math
 import pytest
 import torch
 
+from tolerance import approx_tol, close
+
 from interp import heads
 from models import presets
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 
 def causal_uniform(T):
@@ -29,7 +33,7 @@ def test_previous_token_on_hand_made():
     s = heads.previous_token_score(pat)
     assert s[0] == 1.0 and s[2] == 0.0
     want = sum(1 / (i + 1) for i in range(1, T)) / (T - 1)
-    assert math.isclose(float(s[1]), want, rel_tol=1e-6)
+    assert float(s[1]) == pytest.approx(want, **approx_tol(want))
 
 
 def test_first_token_entropy_distance():
@@ -37,12 +41,15 @@ def test_first_token_entropy_distance():
     bos = torch.zeros(T, T)
     bos[:, 0] = 1
     pat = torch.stack([bos, causal_uniform(T), torch.eye(T)])
-    assert heads.first_token_score(pat).tolist() == pytest.approx([1.0, sum(1 / (i + 1) for i in range(1, T)) / (T - 1), 0.0])
+    want = [1.0, sum(1 / (i + 1) for i in range(1, T)) / (T - 1), 0.0]
+    assert heads.first_token_score(pat).tolist() == pytest.approx(want, **approx_tol(want))
     ent = heads.attention_entropy(pat)
     assert ent[0] == 0 and ent[2] == 0
-    assert math.isclose(float(ent[1]), sum(math.log(i + 1) for i in range(T)) / T, rel_tol=1e-6)
+    want = sum(math.log(i + 1) for i in range(T)) / T
+    assert float(ent[1]) == pytest.approx(want, **approx_tol(want))
     dist = heads.mean_attention_distance(pat)
-    assert dist.tolist() == pytest.approx([sum(range(T)) / T, sum(i / 2 for i in range(T)) / T, 0.0])
+    want = [sum(range(T)) / T, sum(i / 2 for i in range(T)) / T, 0.0]
+    assert dist.tolist() == pytest.approx(want, **approx_tol(want))
 
 
 def test_induction_and_duplicate_on_hand_made():
@@ -90,10 +97,10 @@ def test_head_scores_on_model_match_direct():
     for layer in range(model.cfg.n_layers):
         p = c[f"blocks.{layer}.attn.hook_pattern"]  # (B, H, T, T)
         prev = torch.stack([p[:, :, i, i - 1] for i in range(1, 12)], -1).mean((0, 2))
-        torch.testing.assert_close(table.prev_token[layer], prev)
-        torch.testing.assert_close(table.first_token[layer], p[:, :, 1:, 0].mean((0, 2)))
+        close(table.prev_token[layer], prev)
+        close(table.first_token[layer], p[:, :, 1:, 0].mean((0, 2)))
         ent = -(p * p.clamp(min=1e-30).log()).sum(-1).mean((0, 2))
-        torch.testing.assert_close(table.entropy[layer], ent, atol=1e-5, rtol=1e-5)
+        close(table.entropy[layer], ent)
         torch.testing.assert_close(table.alibi_slope[layer], model.blocks[layer].attn.alibi_slopes)
     rows = table.to_rows()
     assert len(rows) == 2 * 4 and rows[5]["name"] == "L1H1" and set(heads.SCORE_NAMES) <= set(rows[0])

@@ -9,13 +9,16 @@ import pytest
 import torch
 import transformers as T
 
+import tolerance
+
 from models import HookedTransformer, presets
 from models.generation import generate
 from models.hf import HFConversionError, export_hf, from_hf, mpt_slopes, to_hf
 from models.positions import alibi_slopes
 
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
+
 V = 97
-ATOL = 1e-4
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +74,9 @@ def tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """transformers' code against ours: the other-code margin of tests/tolerance.py."""
+    tolerance.close(a, b, ulps=tolerance.OTHER_CODE)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, pipeline
 
 import models  # noqa: F401  (registers model_type "interp")
 from conftest import perturb
+from tolerance import close
 from interp.tokenizers import char_tokenizer
 from models import presets
 from models.generation import generate
 from models.hf import HFConversionError, HookedCache, InterpConfig, InterpForCausalLM, export_hf, from_hf
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 VOCAB = 50
 PROMPTS = [[3, 4, 5], [6, 7, 8, 9, 10]]
@@ -50,8 +53,7 @@ def test_hf_generate_equals_ours_for_every_preset(name, tmp_path):
     torch.testing.assert_close(theirs, ours)
     assert len(set(ours[:, -10:].flatten().tolist())) > 3, "degenerate generations prove nothing"
     # logits through the HF forward, padded batch included
-    torch.testing.assert_close(hf_model(ids, attention_mask=mask).logits,
-                               model(ids, attention_mask=mask.bool()), atol=1e-5, rtol=1e-5)
+    close(hf_model(ids, attention_mask=mask).logits, model(ids, attention_mask=mask.bool()))
 
 
 def test_generation_strategies():
@@ -90,12 +92,12 @@ def test_past_key_values_and_prepare_inputs_for_generation():
     first = hf_model(ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
     assert isinstance(first.past_key_values, HookedCache) and first.past_key_values.get_seq_length() == 4
     rest = hf_model(ids[:, 4:], attention_mask=mask, past_key_values=first.past_key_values)  # full-length mask
-    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), full, atol=1e-5, rtol=1e-5)
+    close(torch.cat([first.logits, rest.logits], 1), full)
     # the older calling convention: whole sequence + cache -> only the unseen tokens are fed
     cache = hf_model(ids[:, :5], attention_mask=mask[:, :5]).past_key_values
     inputs = hf_model.prepare_inputs_for_generation(ids, past_key_values=cache, attention_mask=mask)
     torch.testing.assert_close(inputs["input_ids"], ids[:, 5:])
-    torch.testing.assert_close(hf_model(**inputs).logits, full[:, 5:], atol=1e-5, rtol=1e-5)
+    close(hf_model(**inputs).logits, full[:, 5:])
     with pytest.raises(TypeError, match="HookedCache"):
         from transformers import DynamicCache
 
@@ -122,7 +124,7 @@ def test_cache_under_either_name():
     for name in ("cache", "past_key_values"):
         cache = getattr(hf_model(ids[:, :4], use_cache=True), CACHE_KWARG)
         rest = hf_model(ids[:, 4:], **{name: cache}).logits
-        torch.testing.assert_close(rest, full[:, 4:], atol=1e-4, rtol=1e-4)  # fp32, cached vs full attention
+        close(rest, full[:, 4:])  # fp32, cached vs full attention
     with pytest.raises(ValueError, match="not both"):
         hf_model(ids[:, 4:], cache=kept, past_key_values=HookedCache(2))
 
@@ -165,9 +167,12 @@ def test_hook_points_stay_usable():
     logits, cache = hf_model.model.run_with_cache(ids)
     assert len(out.attentions) == model.cfg.n_layers and len(out.hidden_states) == model.cfg.n_layers + 1
     for i in range(model.cfg.n_layers):
-        torch.testing.assert_close(out.attentions[i], cache["pattern", i], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(out.hidden_states[i], cache["resid_pre", i], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(out.hidden_states[-1], cache["ln_final.hook_normalized"], atol=1e-4, rtol=1e-4)
+        # exp turns a score's absolute rounding into the probability's relative one, and a score
+        # q.k / sqrt(d) rounds like |q| |k| / sqrt(d) (Cauchy-Schwarz), however small it comes out
+        q, k = cache["q", i].norm(dim=-1).max(), cache["k", i].norm(dim=-1).max()
+        close(out.attentions[i], cache["pattern", i], scale=float(q * k) / model.cfg.d_head**0.5)
+        close(out.hidden_states[i], cache["resid_pre", i])
+    close(out.hidden_states[-1], cache["ln_final.hook_normalized"])
     assert out.logits.shape == logits.shape
     assert not model.hook_dict["blocks.0.attn.hook_pattern"]._forward_hooks  # the wrapper's hooks are gone
 
@@ -214,7 +219,7 @@ def test_cli_export_uses_the_wrapper_where_needed(tmp_path):
     assert "InterpForCausalLM" in result.output
     hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     ids = torch.tensor([tok.encode("abc defg")])
-    torch.testing.assert_close(hf_model(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
+    close(hf_model(ids).logits, model(ids))
     gptj = ck.save(tiny("gptj", d_vocab=tok.vocab_size), tmp_path / "g", tok)
     result = CliRunner().invoke(app, ["export", str(gptj), "--out", str(tmp_path / "hf_g"), "--wrapper"])
     assert result.exit_code == 0 and "InterpForCausalLM" in result.output, result.output
@@ -232,7 +237,7 @@ def test_native_forward_takes_hf_arguments():
         logits = model(torch.tensor([row]))[0]
         nll = nll + torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(row[1:]), reduction="sum")
         count += len(row) - 1
-    torch.testing.assert_close(out.loss, nll / count, atol=1e-5, rtol=1e-5)
+    close(out.loss, nll / count)
     last = model(input_ids=ids, attention_mask=mask, last_position_only=True)
     torch.testing.assert_close(last[:, 0], out.logits[:, -1])
     torch.testing.assert_close(model(inputs_embeds=model.embed(ids), attention_mask=mask, labels=ids).loss, out.loss)

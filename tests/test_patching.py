@@ -7,13 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PRESETS, build, tiny, tokens
+from tolerance import OTHER_CODE, approx_tol, close
 from transformer_lens import patching as tlp
 
 from interp import patching
 from interp.patching.engine import BaseRun
 from interp.patching.sites import kind_of, n_heads_of
 
-TOL = dict(atol=1e-5, rtol=1e-5)
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
+
 T = 6
 
 
@@ -22,6 +24,12 @@ def _tl_metric(logits):
 
 
 METRIC = patching.logit_diff(3, 5)
+
+
+@torch.no_grad()
+def logit_scale(model, *prompts) -> float:
+    """The magnitudes a metric of the logits is made from (its rounding scales with them)."""
+    return max(float(model(p).abs().max()) for p in prompts)
 
 
 def _pair(batch=2, pos=T):
@@ -68,9 +76,9 @@ def test_equals_transformer_lens_on_every_preset(name):
         theirs = tl_fn(model, corrupted, clean_cache, _tl_metric)
         theirs = theirs.permute(*perm) if perm else theirs
         assert ours.values.shape == theirs.shape, (act, by)
-        torch.testing.assert_close(ours.values, theirs.cpu(), **TOL, msg=f"{name} {act}/{by}")
+        close(ours.values, theirs.cpu(), ulps=OTHER_CODE, msg=f"{name} {act}/{by}")  # TL: other code
         one = patching.activation_patching(model, clean, corrupted, METRIC, act, by, strategy="one_forward")
-        torch.testing.assert_close(one.values, theirs.cpu(), **TOL, msg=f"{name} {act}/{by} in one forward")
+        close(one.values, theirs.cpu(), ulps=OTHER_CODE, msg=f"{name} {act}/{by} in one forward")
         checked += 1
     if factored:
         for stream in ("xt", "xe"):
@@ -79,7 +87,7 @@ def test_equals_transformer_lens_on_every_preset(name):
                 ours = patching.activation_patching(model, clean, corrupted, METRIC, act, sites_per_forward=4)
                 theirs = tlp.generic_activation_patch(model, corrupted, clean_cache, _tl_metric,
                                                       tlp.layer_pos_patch_setter, act, ("layer", "pos"))
-                torch.testing.assert_close(ours.values, theirs, **TOL, msg=f"{name} {act}")
+                close(ours.values, theirs, ulps=OTHER_CODE, msg=f"{name} {act}")
                 checked += 1
     assert checked >= 8
 
@@ -130,10 +138,10 @@ def test_noising_with_padding_equals_plain_loop(name):
                                             attention_mask=mask, reduce="none", sites_per_forward=4, strategy=strategy)
         naive = _loop(model, clean, corrupted, lambda lg: per_prompt(lg[None])[0], act, by, mask)
         assert ours.dims[-1] == "batch"
-        torch.testing.assert_close(ours.values, naive, **TOL, msg=f"{name} {act}/{by} {strategy}")
+        close(ours.values, naive, msg=f"{name} {act}/{by} {strategy}")
         # the unpatched runs: base = clean, source = corrupted
-        torch.testing.assert_close(ours.baseline, per_prompt(model(clean, attention_mask=mask)[None])[0], **TOL)
-        torch.testing.assert_close(ours.source, per_prompt(model(corrupted, attention_mask=mask)[None])[0], **TOL)
+        close(ours.baseline, per_prompt(model(clean, attention_mask=mask)[None])[0])
+        close(ours.source, per_prompt(model(corrupted, attention_mask=mask)[None])[0])
 
 
 @pytest.mark.parametrize("sites", [1, 7, None])
@@ -142,9 +150,9 @@ def test_chunking_and_budget_do_not_change_numbers(sites):
     clean, corrupted = _pair(2, 9)
     ref = _loop(model, corrupted, clean, _tl_metric, "resid_pre", "pos")
     res = patching.activation_patching(model, clean, corrupted, METRIC, "resid_pre", sites_per_forward=sites)
-    torch.testing.assert_close(res.values, ref, **TOL)
+    close(res.values, ref)
     tiny_budget = patching.activation_patching(model, clean, corrupted, METRIC, "z", "head_pos", memory_budget=1)
-    torch.testing.assert_close(tiny_budget.values, _loop(model, corrupted, clean, _tl_metric, "z", "head_pos"), **TOL)
+    close(tiny_budget.values, _loop(model, corrupted, clean, _tl_metric, "z", "head_pos"))
 
 
 def test_tail_forward_equals_model_on_every_preset():
@@ -157,10 +165,10 @@ def test_tail_forward_equals_model_on_every_preset():
         for layer in range(3):
             for offset in (0, 3, 7):
                 got = run.run(2, layer, [], offset)
-                torch.testing.assert_close(got, full.repeat(2, 1, 1), **TOL, msg=f"{name} {layer} {offset}")
+                close(got, full.repeat(2, 1, 1), msg=f"{name} {layer} {offset}")
         explicit = run.run(3, 1, [], 2, explicit=True)  # the path stacked ALiBi runs take on CUDA
         assert {b.attn.last_path for b in model.blocks[1:]} == {"explicit"}
-        torch.testing.assert_close(explicit, full.repeat(3, 1, 1), **TOL)
+        close(explicit, full.repeat(3, 1, 1))
 
 
 # ------------------------------------------------------------------ metrics and results
@@ -179,7 +187,7 @@ def test_metrics_against_direct_computation():
     many = patching.logprob(toks[:, 2:5], pos=torch.tensor([[1, 2, 3]]))  # (batch, n) targets, (1, n) positions
     torch.testing.assert_close(many(logits), lp[:, 1:4].gather(-1, toks[:, 2:5, None])[..., 0].mean(-1))
     per_token = model(toks, return_type="loss", loss_per_token=True)
-    torch.testing.assert_close(patching.loss(toks)(logits), per_token.mean(-1), **TOL)
+    close(patching.loss(toks)(logits), per_token.mean(-1))
     with pytest.raises(ValueError, match="outside a sequence"):
         patching.prob(3, pos=8)(logits)
 
@@ -195,8 +203,8 @@ def test_result_frame_normalized_top_and_metric_mapping():
     torch.testing.assert_close(diff.values, single.values)
     with torch.no_grad():
         base, source = METRIC(model(corrupted)).mean(), METRIC(model(clean)).mean()
-    assert float(diff.baseline) == pytest.approx(float(base), abs=1e-5)
-    assert float(diff.source) == pytest.approx(float(source), abs=1e-5)
+    close(diff.baseline, base)
+    close(diff.source, source)
     norm = diff.normalized()
     torch.testing.assert_close(norm, (diff.values - diff.baseline) / (diff.source - diff.baseline))
     frame = diff.to_frame()
@@ -207,7 +215,7 @@ def test_result_frame_normalized_top_and_metric_mapping():
     assert pos.labels["pos"] == [f"t{i}" for i in range(T)] and pos.labels["layer"] == ["L0", "L1"]
     # patching every position of the first block input is the source run
     whole = patching.activation_patching(model, clean, corrupted, METRIC, "resid_pre", "layer")
-    assert float(whole.values[0]) == pytest.approx(float(whole.source), abs=1e-5)
+    close(whole.values[0], whole.source)
 
 
 def test_progress_and_subsets():
@@ -292,7 +300,9 @@ def test_path_patching_equals_naive_two_runs(name):
         base, source = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
         for sender in [(0, 0), (0, 3), (1, 2)]:
             expected = _naive_path(model, base, source, _tl_metric, sender, receivers, inputs, freeze_mlps)
-            assert float(res.values[sender]) == pytest.approx(expected, abs=1e-5), (name, direction, sender)
+            scale = logit_scale(model, clean, corrupted)  # a path effect is a difference of logits
+            assert float(res.values[sender]) == pytest.approx(expected, **approx_tol(expected, scale=scale)), \
+                (name, direction, sender)
 
 
 @torch.no_grad()
@@ -315,7 +325,8 @@ def test_direct_path_equals_the_algebra():
 
     expected = float(_tl_metric(model.run_with_hooks(corrupted, fwd_hooks=[("blocks.2.attn.hook_k", set_k)])))
     res = patching.path_patching(model, clean, corrupted, METRIC, [receiver], "k", senders=[sender], freeze_mlps=True)
-    assert float(res.values[sender]) == pytest.approx(expected, abs=1e-5)
+    scale = logit_scale(model, clean, corrupted)
+    assert float(res.values[sender]) == pytest.approx(expected, **approx_tol(expected, scale=scale))
 
 
 @pytest.mark.parametrize("name", ["vanilla", "factored-alibi", "gptj"])
@@ -328,11 +339,12 @@ def test_a_metric_that_reads_early_positions(name):
     plain = lambda logits: metric(logits[None])[0].mean()
     for act, by in [("resid_pre", "pos"), ("pattern", "head_pos"), ("k", "head_pos"), ("z", "head")]:
         ours = patching.activation_patching(model, clean, corrupted, metric, act, by, sites_per_forward=3)
-        torch.testing.assert_close(ours.values, _loop(model, corrupted, clean, plain, act, by), **TOL, msg=act)
+        close(ours.values, _loop(model, corrupted, clean, plain, act, by), msg=act)
     res = patching.path_patching(model, clean, corrupted, metric, [(2, 0), (1, 3)], "qk", sites_per_forward=2)
+    scale = logit_scale(model, clean, corrupted)
     for sender in [(0, 1), (1, 2)]:
         expected = _naive_path(model, corrupted, clean, plain, sender, [(2, 0), (1, 3)], "qk", False)
-        assert float(res.values[sender]) == pytest.approx(expected, abs=1e-5)
+        assert float(res.values[sender]) == pytest.approx(expected, **approx_tol(expected, scale=scale))
 
 
 def test_figures_for_every_grid_shape():

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from conftest import PRESETS, tiny, tokens
+from tolerance import close
 from models import KVCache
 from models.decoding import StaticKVCache
 
-TOL = dict(atol=1e-4, rtol=1e-4)
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
+
 
 
 def _padded(batch=3, pos=14, seed=5):
@@ -48,11 +50,11 @@ def test_static_equals_dynamic_cache(name):
     dynamic = _dynamic_logits(model, toks, mask, first=6)
     static, cache = _static_logits(model, toks, mask, first=6)
     assert {b.attn.last_path for b in model.blocks} == {"static"}
-    torch.testing.assert_close(static[mask], dynamic[mask], **TOL)
+    close(static[mask], dynamic[mask])
     # independent of any cache: each row alone, unpadded, in one forward
     for i in range(3):
         alone = model(toks[i][mask[i]][None])[0]
-        torch.testing.assert_close(static[i][mask[i]], alone, **TOL)
+        close(static[i][mask[i]], alone)
     assert int(cache.step) == toks.shape[1]
     assert cache.n_real.tolist() == mask.sum(-1).tolist()
     assert torch.equal(cache.valid[:, : toks.shape[1]], mask)
@@ -68,7 +70,7 @@ def test_static_cache_past_n_ctx(positional):
     mask[1, :3] = False
     dynamic = _dynamic_logits(model, toks, mask, first=4)
     static, cache = _static_logits(model, toks, mask, first=4, max_len=24)
-    torch.testing.assert_close(static[mask], dynamic[mask], **TOL)
+    close(static[mask], dynamic[mask])
     assert cache.positions[1, 3:24].tolist() == list(range(21))  # positions count real tokens only
 
 
@@ -83,13 +85,13 @@ def test_static_step_explicit_path_with_pattern_hook(name):
     with model.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", lambda t, hook: seen.append(t.clone()))]):
         slow, cache = _static_logits(model, toks, mask, first=6)
     assert [b.attn.last_path for b in model.blocks] == ["static", "explicit"]
-    torch.testing.assert_close(slow[mask], fast[mask], **TOL)
+    close(slow[mask], fast[mask])
     last = seen[-1]  # (batch, head, 1, max_len): the step writing column 8
     assert last.shape == (3, model.cfg.n_heads, 1, 32)
     assert torch.all(last[..., 9:] == 0)
     assert torch.all(last[1, :, 0, :5] == 0)  # row 1's left padding
     if name != "sasp":  # shaped attention mixes in identity and uniform terms
-        torch.testing.assert_close(last.sum(-1), torch.ones(3, model.cfg.n_heads, 1))
+        close(last.sum(-1), torch.ones(3, model.cfg.n_heads, 1))
 
 
 def test_static_cache_writes_in_place():
@@ -105,8 +107,8 @@ def test_static_cache_writes_in_place():
     dyn = KVCache(model.cfg.n_layers)
     model(toks[:, :7], attention_mask=mask[:, :7], past_kv_cache=dyn)
     for static_kv, dyn_kv in zip(cache.layers, dyn.layers):
-        torch.testing.assert_close(static_kv.k[:, :, :7], dyn_kv.k, **TOL)
-        torch.testing.assert_close(static_kv.v[:, :, :7], dyn_kv.v, **TOL)
+        close(static_kv.k[:, :, :7], dyn_kv.k)
+        close(static_kv.v[:, :, :7], dyn_kv.v)
         assert torch.all(static_kv.k[:, :, 7:] == 0)  # nothing written past the step
 
 

@@ -4,8 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tolerance import approx_tol, close
+
 from interp import steps
 from models import presets
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +44,15 @@ def test_segment_metrics_vs_direct(model):
                     losses.append(float(F.cross_entropy(lg[None], tgt[None])))
                     hits.append(float(lg.argmax() == tgt))
         assert m[name]["n_tokens"] == len(losses)
-        assert math.isclose(m[name]["loss"], sum(losses) / len(losses), rel_tol=1e-5)
-        assert math.isclose(m[name]["accuracy"], sum(hits) / len(hits), rel_tol=1e-6)
+        want = sum(losses) / len(losses)
+        assert m[name]["loss"] == pytest.approx(want, **approx_tol(want))
+        assert m[name]["accuracy"] == pytest.approx(sum(hits) / len(hits), **approx_tol(sum(hits) / len(hits)))
     assert m["all"]["n_tokens"] == sum(m[s]["n_tokens"] for s in steps.SEGMENTS)
     # -100 labels are skipped; a list of batches pools token-weighted
     batch2 = dict(batch, labels=batch["input_ids"].masked_fill(batch["segments"] != 2, -100))
     m2 = steps.segment_metrics(model, [batch2])
     assert m2["prompt"]["n_tokens"] == 0 and math.isnan(m2["prompt"]["loss"])
-    assert math.isclose(m2["answer"]["loss"], m["answer"]["loss"], rel_tol=1e-6)
+    assert m2["answer"]["loss"] == pytest.approx(m["answer"]["loss"], **approx_tol(m["answer"]["loss"]))
 
 
 def test_answer_to_step_attention_vs_direct(model):
@@ -62,7 +67,7 @@ def test_answer_to_step_attention_vs_direct(model):
             seg = batch["segments"][b]
             for q in (seg == 2).nonzero().flatten():
                 vals.append(p[b, :, q][:, seg == 1].sum(-1))
-        torch.testing.assert_close(got[layer], torch.stack(vals).mean(0))
+        close(got[layer], torch.stack(vals).mean(0))
     none = steps.answer_to_step_attention(model, batch["input_ids"], torch.zeros_like(batch["segments"]))
     assert torch.isnan(none).all()
 
@@ -83,7 +88,7 @@ def test_compare_checkpoints(model):
     rows = steps.compare_checkpoints({"a": (model, None), "b": other}, examples, batch_size=3)
     assert [r["name"] for r in rows] == ["a", "b"]
     direct = steps.segment_metrics(model, steps._pad_examples(examples, 0))
-    assert math.isclose(rows[0]["loss/answer"], direct["answer"]["loss"], rel_tol=1e-6)
+    assert rows[0]["loss/answer"] == pytest.approx(direct["answer"]["loss"], **approx_tol(direct["answer"]["loss"]))
     assert rows[0]["exact_match"] >= 1 / 5 and rows[0]["answer_match"] >= rows[0]["exact_match"]
     assert rows[0]["answer_to_step_attn/argmax"].startswith("L") and rows[0]["n_examples"] == 5
     always = steps.compare_checkpoints({"a": model}, examples, is_correct=lambda e, g: True)

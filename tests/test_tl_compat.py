@@ -8,9 +8,11 @@ from transformer_lens import patching
 from transformer_lens.head_detector import detect_head
 
 from conftest import tiny, tokens
+from tolerance import OTHER_CODE, approx_tol, close
+
+pytestmark = pytest.mark.equivalence  # run again on other CPU kernels (Makefile `test`)
 
 TL_PRESETS = ["vanilla", "llama-like", "gptj", "factored", "math-compact", "factored-alibi"]
-TOL = dict(atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module", params=TL_PRESETS)
@@ -34,14 +36,14 @@ def test_accumulated_resid_apply_ln(run):
     L = model.cfg.n_layers
     acc = cache.accumulated_resid(apply_ln=True)
     assert acc.shape[0] == L + 1
-    torch.testing.assert_close(acc[-1], cache["ln_final.hook_normalized"], **TOL)
+    close(acc[-1], cache["ln_final.hook_normalized"], ulps=OTHER_CODE)
     raw = cache.accumulated_resid()
     for l in range(L):
         torch.testing.assert_close(raw[l], cache["resid_pre", l])
-        torch.testing.assert_close(acc[l], model.ln_final(raw[l]), **TOL)
+        close(acc[l], model.ln_final(raw[l]), ulps=OTHER_CODE)
     torch.testing.assert_close(raw[-1], cache["resid_post", L - 1])
     scaled = cache.apply_ln_to_stack(raw, layer=L)
-    torch.testing.assert_close(_ln_final_affine(model, scaled[-1]), cache["ln_final.hook_normalized"], **TOL)
+    close(_ln_final_affine(model, scaled[-1]), cache["ln_final.hook_normalized"], ulps=OTHER_CODE)
 
 
 def test_decompose_resid_sums_to_stream(run):
@@ -50,9 +52,9 @@ def test_decompose_resid_sums_to_stream(run):
     parts, labels = cache.decompose_resid(return_labels=True)
     n_embed = 2 if model.cfg.positional == "learned" else 1
     assert len(labels) == n_embed + 2 * L
-    torch.testing.assert_close(parts.sum(0), cache["resid_post", L - 1], **TOL)
+    close(parts.sum(0), cache["resid_post", L - 1], ulps=OTHER_CODE)
     for l in range(L):
-        torch.testing.assert_close(cache.decompose_resid(layer=l).sum(0), cache["resid_pre", l], **TOL)
+        close(cache.decompose_resid(layer=l).sum(0), cache["resid_pre", l], ulps=OTHER_CODE)
 
 
 def test_logit_attrs_sum_to_logits(run):
@@ -71,15 +73,15 @@ def test_logit_attrs_sum_to_logits(run):
     if model.b_U is not None:
         const = const + model.b_U
     expected = logits[:, :-1].gather(-1, targets[..., None])[..., 0]
-    torch.testing.assert_close(attrs.sum(0) + const[targets], expected, **TOL)
+    close(attrs.sum(0) + const[targets], expected, ulps=OTHER_CODE)
     # equivalently: the ln-applied stack dotted with the (w-folded) unembedding direction
     normed = cache.decompose_resid(apply_ln=True, pos_slice=front)
     dirs = model.tokens_to_residual_directions(targets)  # (batch, pos - 1, d_model)
-    torch.testing.assert_close((normed * dirs).sum(-1).sum(0) + const[targets], expected, **TOL)
+    close((normed * dirs).sum(-1).sum(0) + const[targets], expected, ulps=OTHER_CODE)
     # single token / incorrect token form: a logit difference at the last position
     last = cache.decompose_resid(pos_slice=-1)
     diff = cache.logit_attrs(last, tokens=3, incorrect_tokens=5, pos_slice=-1).sum(0)
-    torch.testing.assert_close(diff + const[3] - const[5], logits[:, -1, 3] - logits[:, -1, 5], **TOL)
+    close(diff + const[3] - const[5], logits[:, -1, 3] - logits[:, -1, 5], ulps=OTHER_CODE)
 
 
 def test_apply_ln_to_stack_is_linear_in_the_stack(run):
@@ -90,8 +92,8 @@ def test_apply_ln_to_stack_is_linear_in_the_stack(run):
     normed = cache.apply_ln_to_stack(stack)
     scale = cache["ln_final.hook_scale"]
     centred = stack - stack.mean(-1, keepdim=True) if model.cfg.norm == "layernorm" else stack
-    torch.testing.assert_close(normed, centred / scale, **TOL)
-    torch.testing.assert_close(_ln_final_affine(model, normed.sum(0)), cache["ln_final.hook_normalized"], **TOL)
+    close(normed, centred / scale, ulps=OTHER_CODE)
+    close(_ln_final_affine(model, normed.sum(0)), cache["ln_final.hook_normalized"], ulps=OTHER_CODE)
 
 
 def test_stack_head_results_sum_to_attn_out(run):
@@ -100,7 +102,7 @@ def test_stack_head_results_sum_to_attn_out(run):
         heads = cache.stack_head_results(layer=l + 1, pos_slice=None)
         # stack_head_results(layer=k) stacks every head of layers < k; take layer l's heads
         layer_heads = heads[l * model.cfg.n_heads : (l + 1) * model.cfg.n_heads]
-        torch.testing.assert_close(layer_heads.sum(0) + model.blocks[l].attn.b_O, cache["attn_out", l], **TOL)
+        close(layer_heads.sum(0) + model.blocks[l].attn.b_O, cache["attn_out", l], ulps=OTHER_CODE)
 
 
 def test_stack_head_results_labels(run):
@@ -119,6 +121,12 @@ def _manual_patch(model, corrupted, hook_name, setter):
     return float(_metric(model.run_with_hooks(corrupted, fwd_hooks=[(hook_name, setter)])))
 
 
+@torch.no_grad()
+def _logit_scale(model, *prompts) -> float:
+    """The magnitudes a logit difference is made from (its rounding scales with them)."""
+    return max(float(model(p).abs().max()) for p in prompts)
+
+
 @pytest.mark.parametrize("name", ["vanilla", "llama-like", "gptj", "math-compact"])
 def test_act_patch_resid_pre(name):
     model = tiny(name)
@@ -132,7 +140,8 @@ def test_act_patch_resid_pre(name):
             act[:, pos] = clean_cache["resid_pre", layer][:, pos]
             return act
         expected = _manual_patch(model, corrupted, f"blocks.{layer}.hook_resid_pre", setter)
-        assert result[layer, pos].item() == pytest.approx(expected, abs=1e-5)
+        scale = _logit_scale(model, clean, corrupted)
+        assert result[layer, pos].item() == pytest.approx(expected, **approx_tol(expected, ulps=OTHER_CODE, scale=scale))
     # patching every position of layer 0 restores the clean run
     assert result[0, -1].item() != pytest.approx(float(_metric(model(corrupted))), abs=1e-6)
 
@@ -150,7 +159,8 @@ def test_act_patch_attn_head_out_all_pos(name):
             z[:, :, head] = clean_cache["z", layer][:, :, head]
             return z
         expected = _manual_patch(model, corrupted, f"blocks.{layer}.attn.hook_z", setter)
-        assert result[layer, head].item() == pytest.approx(expected, abs=1e-5)
+        scale = _logit_scale(model, clean, corrupted)
+        assert result[layer, head].item() == pytest.approx(expected, **approx_tol(expected, ulps=OTHER_CODE, scale=scale))
     assert len(set(result.flatten().tolist())) > 1
 
 
@@ -191,7 +201,7 @@ def test_detect_head_previous_token(name):
     for l in range(model.cfg.n_layers):
         p = cache["pattern", l][0]  # (head, q, k)
         manual = (p * prev).sum((-1, -2)) / p.sum((-1, -2))
-        torch.testing.assert_close(scores[l], manual, atol=1e-5, rtol=1e-5)
+        close(scores[l], manual, ulps=OTHER_CODE)  # TL's detector
 
 
 # ------------------------------------------------------------------ refusals
@@ -203,7 +213,7 @@ def test_sasp_refuses_decompose_resid():
             method()
     # the per-head attention output is still exact (identity W_O): heads sum to attn_out
     heads = cache.stack_head_results(layer=1)
-    torch.testing.assert_close(heads.sum(0), cache["attn_out", 0], **TOL)
+    close(heads.sum(0), cache["attn_out", 0], ulps=OTHER_CODE)
 
 
 def test_factored_refuses_W_V():
@@ -245,13 +255,13 @@ def test_full_resid_decomposition(run):
     assert parts.shape[0] == len(labels)
     assert sum(1 for s in labels if "N" in s) == L * model.cfg.d_mlp  # one row per neuron
     assert sum(1 for s in labels if "H" in s) == L * model.cfg.n_heads  # one row per head
-    torch.testing.assert_close(parts.sum(0), cache["resid_post", L - 1], **TOL)
+    close(parts.sum(0), cache["resid_post", L - 1], ulps=OTHER_CODE)
     for l in range(L):
         p = cache.get_full_resid_decomposition(layer=l, expand_neurons=False)
-        torch.testing.assert_close(p.sum(0), cache["resid_pre", l], **TOL)
+        close(p.sum(0), cache["resid_pre", l], ulps=OTHER_CODE)
         if model.cfg.block == "sequential":
             p = cache.get_full_resid_decomposition(layer=l, mlp_input=True, expand_neurons=False)
-            torch.testing.assert_close(p.sum(0), cache["resid_mid", l], **TOL)
+            close(p.sum(0), cache["resid_mid", l], ulps=OTHER_CODE)
 
 
 # ------------------------------------------------------------------ TL forward / hook API parity
@@ -278,18 +288,18 @@ def test_start_at_layer_continues_the_forward(name):
     L = model.cfg.n_layers
     for start in range(-L, L):
         n = start % L
-        torch.testing.assert_close(model(_stream_at(model, cache, n), start_at_layer=start), logits, **TOL)
+        close(model(_stream_at(model, cache, n), start_at_layer=start), logits)
     # start + stop: blocks [start, stop) map resid_pre[start] to resid_pre[stop]
     mid = model(_stream_at(model, cache, 0), start_at_layer=0, stop_at_layer=2)
-    torch.testing.assert_close(mid, cache["resid_pre", 2], **TOL)
+    close(mid, cache["resid_pre", 2])
     # start == n_layers runs no block: the unembedding of the final residual
     final = cache["resid_post", L - 1]
     if model.cfg.stream == "factored":
         final = (cache[f"blocks.{L - 1}.hook_xt_post"], cache[f"blocks.{L - 1}.hook_xe_post"])
-    torch.testing.assert_close(model(final, start_at_layer=L), logits, **TOL)
+    close(model(final, start_at_layer=L), logits)
     # a loss needs the tokens (TL's tokens=), and equals the full forward's
     loss = model(_stream_at(model, cache, 1), start_at_layer=1, return_type="loss", tokens=toks)
-    torch.testing.assert_close(loss, model(toks, return_type="loss"), **TOL)
+    close(loss, model(toks, return_type="loss"))
     with pytest.raises(ValueError, match="needs tokens= or labels="):
         model(_stream_at(model, cache, 1), start_at_layer=1, return_type="loss")
 
@@ -301,10 +311,10 @@ def test_start_at_layer_with_padding_and_hooks_of_earlier_layers():
     mask[1, :3] = False  # left padding: positions and key masks still apply
     logits, cache = model.run_with_cache(toks, attention_mask=mask)
     out, late = model.run_with_cache(cache["resid_pre", 2], start_at_layer=2, attention_mask=mask)
-    torch.testing.assert_close(out[mask], logits[mask], **TOL)
+    close(out[mask], logits[mask])
     assert "blocks.2.hook_resid_pre" in late and "blocks.1.hook_resid_post" not in late
     assert "hook_embed" not in late  # the embeddings did not run
-    torch.testing.assert_close(late["blocks.2.attn.hook_pattern"], cache["blocks.2.attn.hook_pattern"], **TOL)
+    close(late["blocks.2.attn.hook_pattern"], cache["blocks.2.attn.hook_pattern"])
 
 
 def test_start_at_layer_refusals():
@@ -351,16 +361,16 @@ def test_hook_toggles_change_nothing_but_add_their_hooks(name, toggle):
     assert not any(n in model.hook_dict for n in names)
     getattr(model, toggle)(True)
     logits, cache = model.run_with_cache(toks)
-    torch.testing.assert_close(logits, ref, **TOL)
+    close(logits, ref)
     H, Hkv, d = model.cfg.n_heads, model.cfg.n_kv_heads, model.cfg.d_model
     for i in range(model.cfg.n_layers):
         pre = ref_cache["resid_pre", i]
         if toggle == "set_use_attn_result":
             result = cache[f"blocks.{i}.attn.hook_result"]
             assert result.shape == (2, 7, H, d)
-            torch.testing.assert_close(result.sum(2) + model.blocks[i].attn.b_O, ref_cache["attn_out", i], **TOL)
+            close(result.sum(2) + model.blocks[i].attn.b_O, ref_cache["attn_out", i])
             # TL's stack_head_results reads hook_result when it is cached
-            torch.testing.assert_close(result, torch.einsum("bphd,hdm->bphm", ref_cache["z", i], model.W_O[i]), **TOL)
+            close(result, torch.einsum("bphd,hdm->bphm", ref_cache["z", i], model.W_O[i]))
         elif toggle == "set_use_split_qkv_input":
             for kind, n in (("q", H), ("k", Hkv), ("v", Hkv)):
                 x = cache[f"blocks.{i}.hook_{kind}_input"]
@@ -376,10 +386,10 @@ def test_hook_toggles_change_nothing_but_add_their_hooks(name, toggle):
             want = ref_cache["resid_mid", i] if model.cfg.block == "sequential" else pre
             torch.testing.assert_close(cache[f"blocks.{i}.hook_mlp_in"], want)
         for kind in ("q", "k", "v", "z", "pattern"):
-            torch.testing.assert_close(cache[kind, i], ref_cache[kind, i], **TOL)
+            close(cache[kind, i], ref_cache[kind, i])
     getattr(model, toggle)(False)
     assert not any(n in model.hook_dict for n in names)
-    torch.testing.assert_close(model(toks), ref)
+    close(model(toks), ref)
     assert model.blocks[0].attn.last_path == "sdpa"  # off again: the fused path
 
 
@@ -437,8 +447,8 @@ def test_toggle_refusals():
         m.set_use_attn_result(True)
         m.set_use_hook_mlp_in(True)
         logits, cache = m.run_with_cache(tokens(1, 5))
-        torch.testing.assert_close(logits, ref, **TOL)
-        torch.testing.assert_close(cache["blocks.0.attn.hook_result"].sum(2), cache["attn_out", 0], **TOL)
+        close(logits, ref)
+        close(cache["blocks.0.attn.hook_result"].sum(2), cache["attn_out", 0])
 
 
 def test_str_token_helpers():
