@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 import torch
 from torch import nn
 
+from .paths import looked_in, shipped
 from models import HookedTransformer, ModelConfig
 from models.config import ConfigError
 
@@ -302,8 +303,10 @@ def default_card(model: nn.Module, config: dict) -> str:
 
 # ============================================================================ loading
 def resolve(path: PathLike) -> Path:
-    """Follow run dirs (their `last` pointer) and `last`/`best` pointer files to a checkpoint dir."""
-    p = Path(path)
+    """Follow run dirs (their `last` pointer) and `last`/`best` pointer files to a checkpoint dir.
+    A relative path missing from the working directory is looked up in the repository
+    (`interp.paths.shipped`), so the shipped `data/checkpoints/...` load from anywhere."""
+    p = shipped(path)
     for _ in range(8):
         if p.is_dir():
             if (p / CONFIG_FILE).exists():
@@ -482,7 +485,7 @@ def load(
         if p.is_file() and p.suffix == ".safetensors":
             p = p.parent
         if not p.exists():
-            raise CheckpointError(f"{p}: no such checkpoint directory or file")
+            raise CheckpointError(f"{p}: no such checkpoint directory or file ({looked_in()})")
         if not p.is_dir():
             raise CheckpointError(f"{p}: not a checkpoint directory, .safetensors, .pt or .bin file")
         ckpt_dir = p

@@ -55,6 +55,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..paths import looked_in, shipped
 from ..shards import ShardStream, WindowTensors, read_shards
 from ..tokenizers import Tokenizer, bpe_tokenizer, char_tokenizer, load_tokenizer
 from . import text_sources as sources
@@ -63,26 +64,15 @@ from .base import ANSWER, IGNORE_INDEX, PROMPT, SPLITS, Example, Task, TaskConfi
 __all__ = ["TextTask", "DEFAULT_PATH", "resolve_path"]
 
 DEFAULT_PATH = "data/tinyshakespeare.txt"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILT_TOKENIZERS = ("char", "bpe")
-
-
-def resolve_shards(path: Union[str, Path]) -> Path:
-    p = Path(path)
-    if not p.is_dir() and not p.is_absolute() and (REPO_ROOT / p).is_dir():
-        return REPO_ROOT / p
-    return p
 
 
 def resolve_path(path: Union[str, Path], what: str = "text corpus") -> Path:
     """A file or directory, from the working directory or else the repository root."""
-    p = Path(path).expanduser()
-    if p.exists():
-        return p
-    alt = REPO_ROOT / p
-    if not p.is_absolute() and alt.exists():
-        return alt
-    raise FileNotFoundError(f"{what} {str(path)!r} not found (looked in {Path.cwd()} and {REPO_ROOT})")
+    p = shipped(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {str(path)!r} not found ({looked_in()})")
+    return p
 
 
 class _Windows(SequenceABC):
@@ -171,7 +161,7 @@ class TextTask(Task):
         self._shards = None
         self._arrays: Optional[dict[str, np.ndarray]] = None
         if shards:
-            self._open_shards(resolve_shards(shards))
+            self._open_shards(shipped(shards))
         elif texts is not None:
             self._read_documents(sources.from_texts(list(texts)), tokenizer, fr, bpe_vocab_size, max_chars,
                                  separator, streaming, cache_dir)
