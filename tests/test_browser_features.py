@@ -1,6 +1,5 @@
 """The Features page in real Chromium (the server, browser and probes of tests/test_browser.py):
-the page computes a missing dashboard store with a progress bar and then shows the latent the
-URL names, equal to the store on disk; a click on a table row, on a decoder neighbour and on
+the page shows the latent the URL names, equal to the dashboard store on disk; a click on a table row, on a decoder neighbour and on
 an active feature opens that latent's dashboard and the URL follows; a click on a prompt token
 selects the position whose active features are listed; steering / ablation redraw. No error
 element ever appears. `benchmarks/bench_features_page.py` times the click -> dashboard.
@@ -36,7 +35,9 @@ def features_root(root: Path, d_sae: int = 64) -> Path:
     torch.manual_seed(0)
     sae = features.make(dict(arch="topk", k=6, d_in=model.cfg.d_model, d_sae=d_sae, hook_name="blocks.0.hook_resid_post",
                              model=features.model_identity(model, str(ck))))
-    return sae.save(ck / "dictionaries" / "resid0")
+    path = sae.save(ck / "dictionaries" / "resid0")
+    features.dashboard(path, ck, tokens=8000, progress=False)  # the page opens it from disk (AppTest covers computing)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def header(driver) -> str:
 def open_page(driver, address: str, latent: int, timeout: float = WAIT * 3) -> None:
     driver.get(address)
     WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-        lambda d: header(d) == f"Latent {latent}" and d.find_elements(By.CSS_SELECTOR, ".fx-ctx") or errors(d))
+        lambda d: header(d) == f"Latent {latent}" and d.find_elements(By.CSS_SELECTOR, ".ix-strip-tok") or errors(d))
     assert not errors(driver), errors(driver)
     install_probes(driver)
     wait_settled(driver)
@@ -104,13 +105,13 @@ def table_row(driver, row: int) -> None:
                                                      35 + 35 * row + 17 - h / 2).click().perform()
 
 
-def test_the_page_computes_then_shows_the_latent_the_url_names(served, shots):
+def test_the_page_shows_the_latent_the_url_names(served, shots):
     d, base = served["driver"], served["base"]
     open_page(d, url(base, latent="5"), 5)
     store = features.open_dashboards(served["sae"] / "dashboard")
     dash = store.latent(5)
     lines = d.execute_script("return [...document.querySelectorAll('.fx-top .fx-ctx')].map(e => e.innerText)")
-    assert len(lines) == len(dash.top)
+    assert dash.top and len(lines) == len(dash.top)
     for line, c in zip(lines, dash.top):  # the value, then the context's text (newlines shown as ⏎)
         assert line.replace("\u00a0", " ").endswith("".join(c.pieces).replace("\n", "⏎")), (line, c.pieces)
     shaded = d.execute_script("return document.querySelector('.fx-top .fx-ctx span.at').style.background")
@@ -140,12 +141,12 @@ def test_clicks_open_a_latent_and_the_url_follows(served, shots):
 
 def test_steering_and_ablation_redraw(served, shots):
     d, base = served["driver"], served["base"]
-    open_page(d, url(base, latent="2", n="8"), 2)
+    open_page(d, url(base, latent="5", n="8"), 5)
     body = d.find_element(By.TAG_NAME, "body").text
     assert "α = " in body and "KL(before ‖ after)" in body
     d.execute_script("[...document.querySelectorAll('.st-key-w-fmode label')].find(l => l.innerText.startsWith('ablate')).click()")
     WebDriverWait(d, WAIT).until(lambda dr: query(dr).get("fmode") == "ablate")
-    WebDriverWait(d, WAIT).until(lambda dr: "latent 2 zeroed" in dr.find_element(By.TAG_NAME, "body").text or errors(dr))
+    WebDriverWait(d, WAIT).until(lambda dr: "latent 5 zeroed" in dr.find_element(By.TAG_NAME, "body").text or errors(dr))
     wait_settled(d)
     assert not errors(d)
     d.save_screenshot(str(shots / "features_ablation.png"))
