@@ -18,7 +18,13 @@ A checkpoint directory holds
 
 Loading accepts what GPU runs leave behind (CUDA or bf16 tensors, `_orig_mod.` prefixes from
 `torch.compile`, `module.` prefixes from DDP) and refuses anything else with a `CheckpointError`
-that names the file and the fault. Legacy `.pt`/`.bin` state dicts are read only through
+that names the file and the fault.
+
+Integrity: `config.json` records the sha256 of `model.safetensors` (`weights_sha256`), and the
+safetensors header records the rest of `config.json` and the sha256 of the tokenizer files, so
+a flipped bit or a truncated copy anywhere is refused instead of loading as another model.
+Checkpoints written before (or by other tools) carry no record and get the structural checks
+only; deleting `weights_sha256` from config.json loads a deliberately edited one. Legacy `.pt`/`.bin` state dicts are read only through
 `torch.load(weights_only=True)`, so a crafted pickle cannot run code.
 
 `CheckpointManager(run_dir, keep_last=K)` writes `run_dir/step_000100/`, keeps the last K plus
@@ -28,6 +34,7 @@ name of a step directory (no symlinks), which `load` follows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -60,7 +67,11 @@ LEGACY_WEIGHT_FILES = ("model.pt", "pytorch_model.bin", "model.pth")
 LEGACY_SUFFIXES = (".pt", ".pth", ".bin")
 POINTER_NAMES = ("last", "best")
 # config.json keys that are not ModelConfig fields
-META_KEYS = ("format_version", "task", "training", "tokenizer")
+META_KEYS = ("format_version", "task", "training", "tokenizer", "weights_sha256")
+WEIGHTS_SHA_KEY = "weights_sha256"
+RECORDED_CONFIG_KEY = "interp_config"  # safetensors metadata: config.json as saved (less the weights hash)
+RECORDED_TOKENIZER_KEY = "interp_tokenizer_sha256"  # safetensors metadata: {file: sha256} of the tokenizer files
+TOKENIZER_SIDECARS = (TOKENIZER_FILE, "tokenizer_config.json", "chat_template.jinja")
 
 __all__ = [
     "CheckpointError", "CheckpointManager", "FORMAT_VERSION", "save", "load", "load_config",
@@ -119,15 +130,19 @@ def save(
         config["task"] = task
     if training is not None:
         config["training"] = training
-    config_text = json.dumps(config, indent=2, default=_json_default)
+    config = json.loads(json.dumps(config, default=_json_default))  # exactly what config.json will say
 
     with _atomic_dir(path) as tmp:
-        (tmp / CONFIG_FILE).write_text(config_text + "\n")
-        _save_safetensors(tensors, tmp / WEIGHTS_FILE, aliases)
         if tokenizer is not None:
             if not hasattr(tokenizer, "save"):
                 raise TypeError(f"tokenizer {type(tokenizer).__name__} has no save(path) method")
             tokenizer.save(str(tmp / TOKENIZER_FILE))
+        # the weights file records the config and the tokenizer files; config.json records the weights
+        record = {RECORDED_CONFIG_KEY: json.dumps(config, sort_keys=True),
+                  RECORDED_TOKENIZER_KEY: json.dumps(_tokenizer_hashes(tmp), sort_keys=True)}
+        _save_safetensors(tensors, tmp / WEIGHTS_FILE, aliases, record)
+        config[WEIGHTS_SHA_KEY] = _sha256(tmp / WEIGHTS_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE_FILE)
         _write_metrics(metrics, tmp / METRICS_FILE)
@@ -191,13 +206,79 @@ def _prepare_state_dict(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return tensors, aliases
 
 
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, aliases: dict[str, str]) -> None:
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, aliases: dict[str, str],
+                      extra_metadata: Optional[dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 
     metadata = {"format": "pt", "interp_format_version": str(FORMAT_VERSION)}
     if aliases:
         metadata["aliases"] = json.dumps(aliases)
+    metadata.update(extra_metadata or {})
     save_file(tensors, str(path), metadata=metadata)
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tokenizer_hashes(ckpt_dir: Path) -> dict[str, str]:
+    return {name: _sha256(ckpt_dir / name) for name in TOKENIZER_SIDECARS if (ckpt_dir / name).is_file()}
+
+
+def _verify_weights_hash(data: dict, weights_file: Path) -> None:
+    """config.json's `weights_sha256` against the weights file, before anything parses it."""
+    want = data.get(WEIGHTS_SHA_KEY)
+    if want is None:
+        return
+    if not isinstance(want, str):
+        raise CheckpointError(f"{weights_file.parent / CONFIG_FILE}: {WEIGHTS_SHA_KEY} must be a hex string, got {want!r}")
+    if not weights_file.is_file():
+        raise CheckpointError(f"{weights_file}: missing file (config.json records its sha256)")
+    got = _sha256(weights_file)
+    if got != want:
+        raise CheckpointError(
+            f"{weights_file}: contents differ from the sha256 recorded in {CONFIG_FILE} when it was saved "
+            f"({got[:12]}... vs {want[:12]}...): a corrupt or truncated copy, or an edited file. Copy it again; "
+            f"to load a file you changed on purpose, delete {WEIGHTS_SHA_KEY} from {CONFIG_FILE}"
+        )
+
+
+def _verify_record(ckpt_dir: Path, data: dict, weights_file: Path, metadata: dict) -> None:
+    """config.json and the tokenizer files against what the weights file recorded at save time."""
+    config_file = ckpt_dir / CONFIG_FILE
+    if RECORDED_CONFIG_KEY in metadata:
+        try:
+            recorded = json.loads(metadata[RECORDED_CONFIG_KEY])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{weights_file}: malformed {RECORDED_CONFIG_KEY!r} metadata") from None
+        current = {k: v for k, v in data.items() if k != WEIGHTS_SHA_KEY}
+        canon = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731  (NaN metrics compare equal as text)
+        if not isinstance(recorded, dict) or canon(recorded) != canon(current):
+            recorded = recorded if isinstance(recorded, dict) else {}
+            changed = sorted(k for k in set(recorded) | set(current)
+                             if k not in recorded or k not in current or canon(recorded[k]) != canon(current[k]))
+            shown = ", ".join(f"{k}: saved {recorded.get(k, '(absent)')!r}, now {current.get(k, '(absent)')!r}"
+                              for k in changed[:5])
+            raise CheckpointError(f"{config_file}: differs from the config recorded in {weights_file} at save time "
+                                  f"({shown}): a corrupt copy or an edited file")
+    if RECORDED_TOKENIZER_KEY in metadata:
+        try:
+            recorded = json.loads(metadata[RECORDED_TOKENIZER_KEY])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{weights_file}: malformed {RECORDED_TOKENIZER_KEY!r} metadata") from None
+        current = _tokenizer_hashes(ckpt_dir)
+        if not isinstance(recorded, dict) or recorded != current:
+            recorded = recorded if isinstance(recorded, dict) else {}
+            changed = sorted(n for n in set(recorded) | set(current) if recorded.get(n) != current.get(n))
+            first = ckpt_dir / changed[0]
+            what = ("missing file" if changed[0] not in current else
+                    "not there at save time" if changed[0] not in recorded else "contents changed")
+            raise CheckpointError(f"{first}: {what} (the tokenizer files recorded in {weights_file} when it was "
+                                  f"saved: {sorted(recorded)}; differing: {changed})")
 
 
 @contextmanager
@@ -386,6 +467,8 @@ def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
             if legacy:
                 return _load_legacy_state_dict(legacy[0])[0]
             raise CheckpointError(f"{file}: missing file (no weights in {p})")
+        if (p / CONFIG_FILE).exists():
+            _verify_weights_hash(_read_config_json(p), file)
         p = file
     if p.suffix in LEGACY_SUFFIXES:
         return _load_legacy_state_dict(p)[0]
@@ -393,6 +476,11 @@ def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
 
 
 def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    return _read_safetensors(file)[0]
+
+
+def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors with aliases resolved and prefixes stripped, header metadata)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -411,11 +499,13 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
         aliases = json.loads(metadata.get("aliases", "{}"))
     except json.JSONDecodeError:
         raise CheckpointError(f"{file}: malformed 'aliases' metadata") from None
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise CheckpointError(f"{file}: malformed 'aliases' metadata (expected {{name: name}})")
     for alias, target in aliases.items():
         if target not in sd:
             raise CheckpointError(f"{file}: alias {alias!r} points at missing tensor {target!r}")
         sd[alias] = sd[target]
-    return {_strip_prefixes(k): v for k, v in sd.items()}
+    return {_strip_prefixes(k): v for k, v in sd.items()}, metadata
 
 
 _PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
@@ -495,10 +585,13 @@ def load(
         else:
             data = _read_config_json(p)
             _check_version(data, p / CONFIG_FILE)
+            _verify_weights_hash(data, p / WEIGHTS_FILE)  # before a flipped bit can pose as a config fault
             cfg, meta = _model_config(data, p / CONFIG_FILE), data
         weights_file = p / WEIGHTS_FILE
         if weights_file.exists():
-            sd = _load_safetensors(weights_file)
+            _verify_weights_hash(meta, weights_file)
+            sd, metadata = _read_safetensors(weights_file)
+            _verify_record(p, meta, weights_file, metadata)
         else:
             legacy = [p / n for n in LEGACY_WEIGHT_FILES if (p / n).exists()]
             if not legacy:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -29,6 +31,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 GATED_FFNS = ("geglu", "swiglu")
+
+# annotation -> the check `ModelConfig._check_types` makes
+_FIELD_KINDS = {"int": "int", "Optional[int]": "int", "bool": "bool", "bool | int": "bool | int", "float": "float",
+                "str": "str", "dict": "dict"}
+_KIND_NAMES = {"int": "an integer", "bool": "true or false", "bool | int": "true, false or an integer",
+               "float": "a finite number", "str": "a string", "dict": "a mapping"}
 
 
 class ConfigError(ValueError):
@@ -80,6 +88,7 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_types()  # before deriving d_head etc. from them
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_head is None:
@@ -95,6 +104,7 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
+        self._check_types()  # again: fields can be reassigned after construction
         for name, options in CHOICES.items():
             value = getattr(self, name)
             if value not in options:
@@ -147,6 +157,26 @@ class ModelConfig:
             value = getattr(self, tok)
             if value is not None and not 0 <= value < self.d_vocab:
                 raise ConfigError(f"{tok}={value} is outside the vocabulary [0, {self.d_vocab})")
+
+    def _check_types(self) -> None:
+        """Each field holds its annotated type (a JSON or YAML file can say `"64"` or `"false"`,
+        and `bool("false")` is True): refused by name rather than built into another model."""
+        for f in fields(self):
+            if f.metadata.get("runtime"):
+                continue
+            value, kind = getattr(self, f.name), _FIELD_KINDS.get(str(f.type))
+            if kind is None or (value is None and str(f.type).startswith("Optional")):
+                continue
+            ok = {
+                "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+                "bool": isinstance(value, bool),
+                "bool | int": isinstance(value, numbers.Integral),
+                "float": isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value),
+                "str": isinstance(value, str),
+                "dict": isinstance(value, dict),
+            }[kind]
+            if not ok:
+                raise ConfigError(f"{f.name} must be {_KIND_NAMES[kind]}, got {value!r} ({type(value).__name__})")
 
     # ------------------------------------------------------------------ derived
     @property

@@ -4,6 +4,7 @@ errors, chat templates, files), and `load_tokenizer`. See the package docstring.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import tempfile
@@ -173,6 +174,7 @@ class Tokenizer:
         `add_special_tokens=True` prepends `<bos>` (when the tokenizer has one)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        _check_encodable(text)
         if self._char_level and not (self._special_re and self._special_re.search(text)):
             ids = self._encode_chars(text)
         else:
@@ -242,6 +244,10 @@ class Tokenizer:
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         out = []
         for pos, i in enumerate(ids):
+            if hasattr(i, "item") and not isinstance(i, numbers.Integral):  # a 0-d tensor / numpy scalar
+                i = i.item()
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):  # 1.5 or True is no token id
+                raise TypeError(f"token ids must be integers, got {i!r} ({type(i).__name__}) at position {pos}")
             i = int(i)
             if not 0 <= i < self._size or self._id_to_tok[i] is None:
                 raise ValueError(f"token id {i} at position {pos} is outside the vocabulary [0, {self._size})")
@@ -345,7 +351,7 @@ class Tokenizer:
         if not file.is_file():
             where = f"directory {path} has no {TOKENIZER_FILE}" if path.is_dir() else f"no such file: {file}"
             raise TokenizerFileError(f"cannot load tokenizer: {where}")
-        text = file.read_text(encoding="utf-8")
+        text = _read_text(file, "tokenizer file")
         try:
             json.loads(text)
         except json.JSONDecodeError as err:
@@ -355,7 +361,10 @@ class Tokenizer:
         except Exception as err:
             raise TokenizerFileError(f"tokenizer file {file} is not a valid tokenizer.json: {err}") from err
         template, roles = _read_sidecars(file.parent)
-        return cls(hf, chat_template=template, roles=roles)
+        try:
+            return cls(hf, chat_template=template, roles=roles)
+        except ValueError as err:  # a declared role names a token the vocabulary lacks, ...
+            raise TokenizerFileError(f"tokenizer file {file} (with {TOKENIZER_CONFIG_FILE} beside it): {err}") from err
 
     @classmethod
     def from_json_str(cls, text: str) -> "Tokenizer":
@@ -422,9 +431,11 @@ def _read_sidecars(folder: Path) -> tuple[Optional[str], dict[str, str]]:
     config_file = folder / TOKENIZER_CONFIG_FILE
     if config_file.is_file():
         try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
+            config = json.loads(_read_text(config_file, "tokenizer config"))
         except json.JSONDecodeError as err:
             raise TokenizerFileError(f"{config_file} is not valid JSON: {err}") from err
+        if not isinstance(config, dict):
+            raise TokenizerFileError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
         for role in ("bos", "eos", "pad", "unk"):
             token = config.get(f"{role}_token")
             if isinstance(token, dict):  # older AddedToken serialisation
@@ -433,11 +444,29 @@ def _read_sidecars(folder: Path) -> tuple[Optional[str], dict[str, str]]:
                 roles[role] = token
         found = config.get("chat_template")
         if isinstance(found, list):  # named templates: [{"name": "default", "template": ...}, ...]
-            found = next((t.get("template") for t in found if t.get("name") == "default"), None)
+            found = next((t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"), None)
         template = found if isinstance(found, str) else None
     if (folder / CHAT_TEMPLATE_FILE).is_file():
-        template = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+        template = _read_text(folder / CHAT_TEMPLATE_FILE, "chat template")
     return template, roles
+
+
+def _read_text(file: Path, what: str) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TokenizerFileError(f"{what} {file} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+def _check_encodable(text: str) -> None:
+    """Refuse a lone surrogate (a Python string can hold one, UTF-8 text cannot) by position."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UnknownTokenError(
+            f"unencodable character {text[err.start]!r} at position {err.start} of the text "
+            f"{_snippet(text, err.start)!r}: a lone surrogate is not Unicode text"
+        ) from None
 
 
 def _as_list(ids) -> list:

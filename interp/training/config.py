@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import os
 import re
@@ -25,7 +26,9 @@ import yaml
 from pathlib import Path
 
 from interp.tasks import make_task
+from interp.tasks.base import TASKS, task_class
 from models import ModelConfig, presets
+from models.config import ConfigError
 
 PathLike = Union[str, os.PathLike]
 
@@ -155,25 +158,49 @@ def load_run_config(config: Union[None, dict, PathLike], overrides: Iterable[str
     return normalize_config(cfg)
 
 
+def _section(cfg: dict, name: str) -> dict:
+    """A config section as a dict with string keys (YAML also allows `3:` or `[a]:` as keys)."""
+    value = cfg.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TrainConfigError(f"{name}: expected a mapping of keys to values, got {type(value).__name__} {value!r}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise TrainConfigError(f"{name}: keys must be strings, got {bad!r}")
+    return dict(value)
+
+
 def normalize_config(cfg: dict) -> dict:
+    bad = [k for k in cfg if not isinstance(k, str)]
+    if bad:
+        raise TrainConfigError(f"top-level keys must be strings, got {bad!r}")
     unknown = sorted(set(cfg) - set(TOP_LEVEL))
     if unknown:
         raise TrainConfigError(f"unknown top-level config key(s) {unknown}; expected {list(TOP_LEVEL)}")
-    model = dict(cfg.get("model") or {})
+    for key in ("name", "description"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            raise TrainConfigError(f"{key} must be a string, got {cfg[key]!r}")
+    model = _section(cfg, "model")
     model.setdefault("preset", "vanilla")
     model.setdefault("size", "tiny")
     bad = sorted(set(model) - MODEL_FIELDS - set(MODEL_META))
     if bad:
         raise TrainConfigError(f"model: unknown key(s) {bad}; use preset, size, or ModelConfig fields")
-    if model["preset"] is not None and model["preset"] not in presets.ARCHITECTURES:
+    if model["preset"] is not None and (not isinstance(model["preset"], str) or model["preset"] not in presets.ARCHITECTURES):
         raise TrainConfigError(f"model.preset={model['preset']!r}; choose from {list(presets.ARCHITECTURES)}")
-    if model["preset"] is not None and model["size"] not in presets.SIZES:
+    if model["preset"] is not None and (not isinstance(model["size"], str) or model["size"] not in presets.SIZES):
         raise TrainConfigError(f"model.size={model['size']!r}; choose from {list(presets.SIZES)}")
-    task = dict(cfg.get("task") or {})
+    overrides = model.get("overrides")
+    if overrides is not None and (not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides)):
+        raise TrainConfigError(f"model.overrides must be a mapping of ModelConfig fields, got {overrides!r}")
+    task = _section(cfg, "task")
     if "name" not in task:
         raise TrainConfigError("task: needs a 'name' (arithmetic | modular | induction | text | a registered task)")
+    if not isinstance(task["name"], str):
+        raise TrainConfigError(f"task.name must be a string, got {task['name']!r}")
     train_cfg = dict(DEFAULT_TRAIN)
-    given = dict(cfg.get("train") or {})
+    given = _section(cfg, "train")
     bad = sorted(set(given) - set(DEFAULT_TRAIN))
     if bad:
         raise TrainConfigError(f"train: unknown key(s) {bad}; known: {sorted(DEFAULT_TRAIN)}")
@@ -186,48 +213,80 @@ def normalize_config(cfg: dict) -> dict:
     return out
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+# train key -> (accepts, what it must be): every key of DEFAULT_TRAIN is checked here, so a wrong
+# type is refused by name at load time, not met as a TypeError deep inside a training step.
+TRAIN_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "steps": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "epochs": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
+    "stop_at": (lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer or null"),
+    "init_from": (lambda v: v is None or isinstance(v, str), "a checkpoint path or null"),
+    "batch_size": (lambda v: v == "full" or (_is_int(v) and v >= 1), 'a positive integer or "full"'),
+    "grad_accum": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "lr": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "warmup": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "min_lr": (lambda v: v is None or (_is_number(v) and v >= 0), "a non-negative number or null"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "decay_all": (lambda v: isinstance(v, bool), "true or false"),
+    "betas": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+              "[beta1, beta2], each in [0, 1)"),
+    "eps": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "grad_clip": (lambda v: v is None or (_is_number(v) and v >= 0), "a non-negative number or null (0: no clipping)"),
+    "eval_every": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "eval_batches": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "eval_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer or null"),
+    "eval_generate": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "eval_split": (lambda v: v in ("train", "val", "test"), "train | val | test"),
+    "save_every": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "keep_last": (lambda v: v == "all" or (_is_int(v) and v >= 1), 'a positive integer or "all"'),
+    "save_best": (lambda v: isinstance(v, bool), "true or false"),
+    "save_dtype": (lambda v: v in (None, "fp16", "bf16", "fp32"), "null | fp16 | bf16 | fp32"),
+    "metrics": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(m, str) for m in v),
+                "a list of progress-measure names"),
+    "log_every": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "device": (lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "auto | cpu | cuda | cuda:N | mps"),
+    "dtype": (lambda v: isinstance(v, str) and v.lower() in ("auto", "bf16", "bfloat16", "fp32", "float32"),
+              "auto | bf16 | fp32"),
+    "compile": (lambda v: v is None or isinstance(v, bool), "true, false or null (CUDA only)"),
+    "cuda_graphs": (lambda v: v in ("auto", True, False) and not (isinstance(v, int) and not isinstance(v, bool)),
+                    "auto | true | false"),
+    "gradient_checkpointing": (lambda v: isinstance(v, bool) or (_is_int(v) and v >= 1),
+                               "true, false or a layer interval N >= 1"),
+    "seq_len_curriculum": (lambda v: v is None or isinstance(v, (list, tuple)), "a list of [step, max_len] or null"),
+    "out_dir": (lambda v: v is None or isinstance(v, str), "a directory path or null"),
+    "overwrite": (lambda v: isinstance(v, bool), "true or false"),
+    "progress": (lambda v: isinstance(v, bool), "true or false"),
+    "tensorboard": (lambda v: isinstance(v, bool), "true or false"),
+    "wandb": (lambda v: isinstance(v, bool), "true or false"),
+    "wandb_project": (lambda v: isinstance(v, str) and bool(v), "a project name"),
+    "deterministic": (lambda v: isinstance(v, bool), "true or false"),
+    "trainer": (lambda v: isinstance(v, str) and bool(v), "a registered trainer name"),
+    "parallel": (lambda v: v in ("auto", "none", "ddp", "fsdp"), "one of auto | none | ddp | fsdp"),
+    "dist_backend": (lambda v: v in ("auto", "nccl", "gloo"), "one of auto | nccl | gloo"),
+    "cpu_offload": (lambda v: isinstance(v, bool), "true or false"),
+    "coconut": (lambda v: v is None or isinstance(v, dict), "a mapping of coconut options or null"),
+}
+
+
 def _validate_train(t: dict) -> None:
-    if t["batch_size"] != "full":
-        _positive_int(t, "batch_size", 'or "full"')
-    if t["keep_last"] != "all":
-        _positive_int(t, "keep_last", 'or "all"')
-    for key in ("steps", "grad_accum", "eval_every", "save_every", "log_every"):
-        _positive_int(t, key)
-    for key in ("warmup", "eval_batches", "eval_generate", "seed"):
-        if not isinstance(t[key], int) or t[key] < 0:
-            raise TrainConfigError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
-    if not isinstance(t["save_best"], bool):
-        raise TrainConfigError(f"train.save_best must be true or false, got {t['save_best']!r}")
-    epochs = t["epochs"]
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
-        raise TrainConfigError(f"train.epochs must be a positive number or null, got {epochs!r}")
-    gc = t["gradient_checkpointing"]
-    if not isinstance(gc, (bool, int)) or gc < 0:
-        raise TrainConfigError(f"train.gradient_checkpointing must be true, false or a layer interval N >= 1, got {gc!r}")
-    for key, choices in (("parallel", ("auto", "none", "ddp", "fsdp")), ("dist_backend", ("auto", "nccl", "gloo"))):
-        if t[key] not in choices:
-            raise TrainConfigError(f"train.{key} must be one of {' | '.join(choices)}, got {t[key]!r}")
-    if not isinstance(t["cpu_offload"], bool):
-        raise TrainConfigError(f"train.cpu_offload must be true or false, got {t['cpu_offload']!r}")
-    for key in ("lr", "weight_decay", "eps"):
-        if not isinstance(t[key], (int, float)) or t[key] < 0:
-            raise TrainConfigError(f"train.{key} must be a non-negative number, got {t[key]!r}")
-    if t["min_lr"] is not None and not isinstance(t["min_lr"], (int, float)):
-        raise TrainConfigError(f"train.min_lr must be a number or null, got {t['min_lr']!r}")
-    if not (isinstance(t["betas"], (list, tuple)) and len(t["betas"]) == 2):
-        raise TrainConfigError(f"train.betas must be [beta1, beta2], got {t['betas']!r}")
-    if t["init_from"] is not None and not isinstance(t["init_from"], str):
-        raise TrainConfigError(f"train.init_from must be a checkpoint path or null, got {t['init_from']!r}")
-    if t["stop_at"] is not None and (not isinstance(t["stop_at"], int) or t["stop_at"] < 1):
-        raise TrainConfigError(f"train.stop_at must be a positive integer or null, got {t['stop_at']!r}")
-    if str(t["dtype"]).lower() not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
-        raise TrainConfigError(f"train.dtype must be auto | bf16 | fp32, got {t['dtype']!r}")
-    if t["save_dtype"] not in (None, "fp16", "bf16", "fp32"):
-        raise TrainConfigError(f"train.save_dtype must be null | fp16 | bf16 | fp32, got {t['save_dtype']!r}")
-    if t["cuda_graphs"] not in ("auto", True, False):
-        raise TrainConfigError(f"train.cuda_graphs must be auto | true | false, got {t['cuda_graphs']!r}")
-    if not isinstance(t["metrics"], (list, tuple)) or not all(isinstance(m, str) for m in t["metrics"]):
-        raise TrainConfigError(f"train.metrics must be a list of progress-measure names, got {t['metrics']!r}")
+    for key, (accepts, what) in TRAIN_CHECKS.items():
+        value = t[key]
+        try:
+            ok = accepts(value)
+        except TypeError:  # e.g. a list compared with a string: not the kind of value wanted
+            ok = False
+        if not ok:
+            raise TrainConfigError(f"train.{key} must be {what}, got {value!r}")
     from .progress import MEASURES
 
     unknown = [m for m in t["metrics"] if m not in MEASURES]
@@ -240,12 +299,6 @@ def _validate_train(t: dict) -> None:
         from .coconut import coconut_options  # importing it also registers the trainer
 
         t["coconut"] = coconut_options(t["coconut"])
-
-
-def _positive_int(t: dict, key: str, alternative: str = "") -> None:
-    if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 1:
-        raise TrainConfigError(f"train.{key} must be a positive integer{' ' + alternative if alternative else ''}, "
-                               f"got {t[key]!r}")
 
 
 class Curriculum:
@@ -282,11 +335,58 @@ def register_task(name: str, factory: Callable[..., Any]) -> None:
     TASK_REGISTRY[name] = factory
 
 
+def _split_top(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += c == "["
+        depth -= c == "]"
+        if depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i].strip())
+            start = i + len(sep)
+    return parts + [text[start:].strip()]
+
+
+def _fits(value: Any, annotation: str) -> Optional[bool]:
+    """Whether a YAML value fits a task option's annotation (`int`, `Optional[str]`,
+    `Union[int, list[int]]`, `Sequence[float]`, ...); None when the annotation is not one of these."""
+    a = annotation.strip()
+    for wrapper in ("Optional[", "Union["):
+        if a.startswith(wrapper) and a.endswith("]"):
+            inner = _split_top(a[len(wrapper):-1], ",") + (["None"] if wrapper == "Optional[" else [])
+            results = [_fits(value, alt) for alt in inner]
+            return None if None in results else any(results)
+    if "|" in a:
+        results = [_fits(value, alt) for alt in _split_top(a, "|")]
+        return None if None in results else any(results)
+    for seq in ("list[", "Sequence[", "tuple["):
+        if a.startswith(seq) and a.endswith("]"):
+            if not isinstance(value, (list, tuple)):
+                return False
+            results = [_fits(v, a[len(seq):-1].split(",")[0]) for v in value]
+            return None if None in results else all(results)
+    simple = {"None": value is None, "bool": isinstance(value, bool), "int": _is_int(value),
+              "float": _is_number(value), "str": isinstance(value, str), "dict": isinstance(value, dict)}
+    return simple.get(a)
+
+
+def _check_task_options(name: str, kwargs: dict) -> None:
+    """Refuse an option of the wrong kind by name (YAML `eos: "false"` would be truthy, `ops: 3`
+    a TypeError deep inside the task)."""
+    if name not in TASKS:
+        return  # make_task names the unknown task
+    params = inspect.signature(task_class(name).__init__).parameters
+    for key, value in kwargs.items():
+        if key in params and _fits(value, str(params[key].annotation)) is False:
+            raise TrainConfigError(f"task.{key} must be {params[key].annotation} (task {name!r}), got {value!r}")
+
+
 def build_task(task_cfg: dict):
     kwargs = dict(task_cfg)
     name = kwargs.pop("name")
     if name in TASK_REGISTRY:
         return TASK_REGISTRY[name](**kwargs)
+    _check_task_options(name, kwargs)
     try:
         return make_task(name, **kwargs)
     except TypeError as e:
@@ -310,11 +410,13 @@ def build_model_config(model_cfg: dict, tokenizer: Any = None, max_len: Optional
         base = presets.SIZES[size][3] if preset is not None else ModelConfig.n_ctx
         fields["n_ctx"] = max(base, int(max_len))
     fields.update(overrides)
-    if tokenizer is not None and fields["d_vocab"] < tokenizer.vocab_size:
-        raise TrainConfigError(f"model.d_vocab={fields['d_vocab']} < the tokenizer's vocab_size {tokenizer.vocab_size}")
-    if preset is None:
-        return ModelConfig(**fields)
-    return presets.config(preset, size, **fields)
+    try:
+        cfg = ModelConfig(**fields) if preset is None else presets.config(preset, size, **fields)
+    except (ConfigError, TypeError) as e:  # names the field; say which section it came from
+        raise TrainConfigError(f"model: {e}") from None
+    if tokenizer is not None and cfg.d_vocab < tokenizer.vocab_size:
+        raise TrainConfigError(f"model.d_vocab={cfg.d_vocab} < the tokenizer's vocab_size {tokenizer.vocab_size}")
+    return cfg
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
