@@ -245,6 +245,11 @@ def data_prepare(
     typer.echo(str(path))
 
 
+from interp.graphs.cli import graph as _graph  # noqa: E402 - typer and pathlib only; the body imports torch
+
+app.command("graph")(_graph)
+
+
 def main() -> None:  # pragma: no cover - `python -m interp.cli`
     app()
 

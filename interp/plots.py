@@ -836,3 +836,129 @@ def steering_bars(before, after, vocab: Sequence[str], k: int = 10, title: Optio
                       yaxis_title="probability", yaxis_range=[0, 1], legend=dict(orientation="h", y=1.02, x=1,
                                                                                  xanchor="right", yanchor="bottom"))
     return fig
+
+
+# ============================================================================ attribution graphs
+_GRAPH_STYLE = {"feature": ("circle", "#4c78a8"), "error": ("square", "#9d9d9d"),
+                "embedding": ("diamond", "#54a24b"), "logit": ("diamond", "#e45756")}
+
+
+def graph_layout(graph) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of every node of an `interp.graphs.AttributionGraph`: x = position (nodes that
+    share a position and row spread across it, the most influential in the middle), y = row:
+    tokens 0, the dictionaries of layer L at L + 1 (+ a third per further dictionary of the
+    layer), logits n_layers + 1."""
+    n_layers = int(graph.model.get("n_layers", 0) or max([n.layer for n in graph.nodes] + [0]))
+    rows = []
+    for n in graph.nodes:
+        if n.kind == "embedding":
+            rows.append(0.0)
+        elif n.kind == "logit":
+            rows.append(n_layers + 1.0)
+        else:
+            slot = graph.dictionaries[n.dictionary].get("slot", 0) if n.dictionary is not None else 0
+            rows.append(n.layer + 1.0 + 0.33 * slot)
+    y = np.array(rows)
+    x = np.array([float(n.pos) for n in graph.nodes])
+    weight = np.array([n.influence if n.influence is not None else abs(n.activation) for n in graph.nodes])
+    cells: dict[tuple[float, float], list[int]] = {}
+    for i in range(len(graph.nodes)):
+        cells.setdefault((x[i], y[i]), []).append(i)
+    for members in cells.values():
+        if len(members) > 1:
+            members.sort(key=lambda i: -weight[i])
+            offsets = np.linspace(-0.38, 0.38, len(members))
+            middle_out = np.argsort(np.abs(offsets), kind="stable")
+            for rank, i in enumerate(members):
+                x[i] += offsets[middle_out[rank]]
+    return x, y
+
+
+def attribution_graph(graph, max_edges: int = 1500, title: Optional[str] = None,
+                      selected: Optional[str] = None) -> go.Figure:
+    """An attribution graph (best pruned first) laid out by layer x position: features (circles),
+    errors (squares), tokens and logits (diamonds), sized by influence; the `max_edges`
+    strongest edges drawn with width by |weight| (blue +, red -). Each node's `customdata` is
+    its id (for click handling); `selected` outlines one node and keeps its edges on top."""
+    x, y = graph_layout(graph)
+    A = graph.adjacency
+    t_idx, s_idx = (A != 0).nonzero(as_tuple=True)
+    w = A[t_idx, s_idx]
+    order = w.abs().argsort(descending=True)[:max_edges]
+    t_idx, s_idx, w = t_idx[order].numpy(), s_idx[order].numpy(), w[order].numpy()
+    wmax = float(np.abs(w).max()) if len(w) else 1.0
+    traces = []
+    sel = graph.index(selected) if selected is not None else None
+    for sign, color in ((1, "rgba(76,120,168,{a})"), (-1, "rgba(228,87,86,{a})")):
+        for lo, hi, width, alpha in ((0.0, 0.1, 0.6, 0.25), (0.1, 0.4, 1.5, 0.45), (0.4, 1.01, 3.0, 0.7)):
+            pick = (np.sign(w) == sign) & (np.abs(w) / wmax >= lo) & (np.abs(w) / wmax < hi)
+            if sel is not None:
+                pick &= (t_idx != sel) & (s_idx != sel)
+            if not pick.any():
+                continue
+            xs = np.stack([x[s_idx[pick]], x[t_idx[pick]], np.full(pick.sum(), np.nan)], 1).reshape(-1)
+            ys = np.stack([y[s_idx[pick]], y[t_idx[pick]], np.full(pick.sum(), np.nan)], 1).reshape(-1)
+            traces.append(go.Scattergl(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                       line=dict(color=color.format(a=alpha), width=width)))
+    if sel is not None:
+        mine = (t_idx == sel) | (s_idx == sel)
+        for k in np.nonzero(mine)[0]:
+            traces.append(go.Scatter(x=[x[s_idx[k]], x[t_idx[k]]], y=[y[s_idx[k]], y[t_idx[k]]], mode="lines",
+                                     hoverinfo="skip", showlegend=False,
+                                     line=dict(color="#e4572e" if w[k] > 0 else "#7b3294",
+                                               width=1 + 4 * abs(w[k]) / wmax)))
+    infl = np.array([n.influence if n.influence is not None else 0.0 for n in graph.nodes])
+    size = 7 + 25 * np.sqrt(infl / infl.max()) if infl.max() > 0 else np.full(len(x), 9.0)
+    for kind, (symbol, color) in _GRAPH_STYLE.items():
+        idx = [i for i, n in enumerate(graph.nodes) if n.kind == kind]
+        if not idx:
+            continue
+        text = []
+        for i in idx:
+            n = graph.nodes[i]
+            what = {"feature": f"feature {n.latent} of {graph.dictionaries[n.dictionary]['name']}" if n.dictionary is not None else "feature",
+                    "error": f"error of {graph.dictionaries[n.dictionary]['name']}" if n.dictionary is not None else "error",
+                    "embedding": f"token {_shown(n.token or '')!s}", "logit": f"logit {_shown(n.token or '')!s} (p={n.prob:.3f})"}[kind]
+            infl_txt = f"<br>influence {n.influence:.3f}" if n.influence is not None else ""
+            text.append(f"{n.id}: {what}<br>layer {n.layer}, pos {n.pos}, stream {n.stream}<br>activation "
+                        f"{n.activation:.3f}{infl_txt}")
+        traces.append(go.Scatter(
+            x=x[idx], y=y[idx], mode="markers", name=kind, customdata=[graph.nodes[i].id for i in idx],
+            hovertext=text, hoverinfo="text",
+            marker=dict(symbol=symbol, color=color, size=size[idx], line=dict(
+                width=[3 if i == sel else 0.5 for i in idx], color=["#e4572e" if i == sel else "white" for i in idx]))))
+    fig = go.Figure(traces)
+    n_layers = int(y.max()) if len(y) else 0
+    labels = unique_labels([_shown(t) for t in graph.token_strs])
+    fig.update_layout(
+        title=title or f"Attribution graph: {len(graph.nodes)} nodes, {len(w)} of {int((A != 0).sum())} edges drawn",
+        xaxis=dict(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels, title="position",
+                   range=[-0.6, len(labels) - 0.4]),
+        yaxis=dict(tickmode="array", tickvals=list(range(n_layers + 1)),
+                   ticktext=["tokens"] + [f"L{l}" for l in range(n_layers - 1)] + ["logits"], title="layer"),
+        hovermode="closest", clickmode="event+select", legend=dict(orientation="h", y=1.02, x=1, xanchor="right",
+                                                                   yanchor="bottom"))
+    return fig
+
+
+def influence_vs_ablation(influence, effect, labels: Optional[Sequence[str]] = None, groups: Optional[Sequence[str]] = None,
+                          title: Optional[str] = None) -> go.Figure:
+    """Each feature's influence in its attribution graph against the change of the target logit
+    when that feature is zeroed in the real model (|effect|, log-log), one colour per group
+    (e.g. prompt), with Spearman rho in the title."""
+    from interp.graphs.validate import spearman
+
+    x, yv = _np(influence).reshape(-1), np.abs(_np(effect).reshape(-1))
+    rho = spearman(x, yv)
+    groups = list(groups) if groups is not None else ["features"] * len(x)
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(x))]
+    fig = go.Figure()
+    for gi, name in enumerate(dict.fromkeys(groups)):
+        idx = [i for i, g in enumerate(groups) if g == name]
+        fig.add_trace(go.Scatter(x=x[idx], y=yv[idx], mode="markers", name=str(name), text=[labels[i] for i in idx],
+                                 marker=dict(color=_COLORS[gi % len(_COLORS)], size=8, opacity=0.8),
+                                 hovertemplate="%{text}<br>influence %{x:.4f}<br>|ablation effect| %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title or f"Graph influence vs ablation effect: Spearman rho = {rho:.3f}",
+                      xaxis=dict(type="log", title="influence on the target logit (graph)"),
+                      yaxis=dict(type="log", title="|change of the target logit| when the feature is zeroed"))
+    return fig

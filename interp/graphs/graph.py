@@ -143,16 +143,21 @@ class AttributionGraph:
         """Every node's influence on the target logits (circuit-tracer's definition)."""
         return _prune.influence(self.adjacency, self.logit_weights)
 
-    def total_effect(self) -> Float[Tensor, "n"]:
-        """Signed effect on the target logits (probability-weighted) of removing each node's
-        value, propagated through the graph's linear paths with every downstream feature free
-        to move by its direct inputs: sum over paths of the edge weights, each divided by the
-        activation of the node it enters (features only pass gradients on that way)."""
+    def total_effect(self, target: Union[str, int, None] = None) -> Float[Tensor, "n"]:
+        """Each node's signed effect on the target logits (probability-weighted; or on the one
+        logit node `target`, unweighted) through every path of the graph, downstream features
+        moving with their inputs: the sum over paths of the product of edge weights, each edge
+        after the first divided by the activation of the feature it leaves (a feature passes
+        on a change of its input one for one while it stays active). Zeroing a feature then
+        moves the logit by about -total_effect: the linear prediction of an ablation."""
         A = self.adjacency.double()
         act = torch.tensor([n.activation if n.kind == "feature" else 0.0 for n in self.nodes], dtype=A.dtype)
         safe = torch.where(act != 0, act, torch.ones_like(act))
         J = torch.where(act[None, :] != 0, A / safe[None, :], torch.zeros_like(A))  # per unit of a feature source
         per_unit = self.logit_weights.double()  # effect on the weighted logits of one unit of each node
+        if target is not None:
+            per_unit = torch.zeros_like(per_unit)
+            per_unit[self.index(target)] = 1.0
         cur = per_unit
         for _ in range(len(self.nodes)):
             cur = cur @ J

@@ -26,7 +26,7 @@ out layer by layer, for a chunk of targets at once:
   source zeroed; value = sum of incoming edges + constant, exactly.
 
 `frozen()` in `replacement.py` runs the real model as the same linear function; the tests check
-that one autograd backward per node through it gives the same rows (`attribute.naive_rows`).
+that one autograd backward per node through it gives the same rows (`tracing.naive_rows`).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class _Attention:
             self.W_V = W - W.mean(1, keepdim=True) if norm.center else W
             self.pattern_T = (fa.pattern / norm.scale[None, None, :, 0]).transpose(1, 2)  # 1 / s of each key
             self.norm = None
+        self.W_V_heads = None if self.W_V is None else self.W_V.view(-1, dh, d)  # (kv heads, dh, d)
 
 
 class LinearReplacement:
@@ -117,7 +118,7 @@ class LinearReplacement:
                 f, e = cols[:, : K - 1].reshape(-1), cols[:, K - 1]
                 if torch.equal(f, f[0] + torch.arange(len(f), device=f.device)) and \
                         torch.equal(e, e[0] + torch.arange(T, device=e.device)):
-                    dense = (int(f[0]), int(e[0]))
+                    dense = (int(f[0]), int(e[0]), V[:, : K - 1].contiguous(), V[:, K - 1:].contiguous())
             self.sources[name] = (V, valid, flat[valid], ends.tolist(), dense)
 
     # ------------------------------------------------------------------ one chunk
@@ -199,13 +200,14 @@ class LinearReplacement:
     def _readout(self, name: str, g: Tensor) -> None:
         V, valid, cols, ends, dense = self.sources[name]
         P, B = g.shape[0], self._B
-        E = torch.bmm(V[:P], g.transpose(1, 2))  # (pos, K, batch)
-        if dense is not None:  # every position has K - 1 features then the error: two column ranges
-            feat0, err0 = dense
+        gT = g.transpose(1, 2)  # (pos, d, batch)
+        if dense is not None:  # every position has K - 1 features then the error: bmm straight into the rows
+            feat0, err0, V_feat, V_err = dense
             K = V.shape[1]
-            self._out[feat0: feat0 + P * (K - 1)] = E[:, : K - 1].reshape(-1, B)
-            self._out[err0: err0 + P] = E[:, K - 1]
+            torch.bmm(V_feat[:P], gT, out=self._out[feat0: feat0 + P * (K - 1)].view(P, K - 1, B))
+            torch.bmm(V_err[:P], gT, out=self._out[err0: err0 + P].view(P, 1, B))
             return
+        E = torch.bmm(V[:P], gT)  # (pos, K, batch)
         n = ends[P]
         self._out[cols[:n]] = E.reshape(-1, B)[valid[:n]]
 
@@ -234,8 +236,13 @@ class LinearReplacement:
                 gv = (gv.view(nh, P * B, dh) @ fa.W_mix.transpose(1, 2)).view(nh, P, B, dh)
             gx = gv.permute(1, 2, 0, 3).reshape(P, B, nh * dh)
             return gx * fa.M[:P, None, :] if fa.M is not None else gx
-        gv = gv.permute(1, 2, 0, 3).reshape(P * B, nh * dh)
-        g_n = gv.view(P, B, d) if fa.kind == "shaped" else (gv @ a.W_V).view(P, B, d)
+        if fa.kind == "shaped":
+            g_n = gv.permute(1, 2, 0, 3).reshape(P, B, d)
+        else:  # sum over heads of gv_h @ W_V_h, accumulated in place (no head-to-feature transpose copy)
+            g_n = torch.empty(P * B, d, device=g.device)
+            for h in range(nh):
+                torch.addmm(g_n, gv[h].view(P * B, dh), a.W_V_heads[h], beta=0 if h == 0 else 1, out=g_n)
+            g_n = g_n.view(P, B, d)
         return _norm_T(a.norm, g_n) if a.norm is not None else g_n
 
     # ------------------------------------------------------------------ blocks
