@@ -900,7 +900,13 @@ def test_latent_thoughts_page(monkeypatch, coconut_add3):
     _nan_close(charts(at)["thought_lens"]["data"][0]["z"], lens.top_probs[0, :, :, 0].T, atol=1e-5)
     att = thoughts.answer_attention(reasoner, batch)[0]
     _nan_close(charts(at)["thought_attention"]["data"][0]["z"], att.reshape(-1, att.shape[-1]), atol=1e-5)
-    patched = thoughts.patch_thought(reasoner, batch, thoughts.latent_batch(staged, "test", 1, start=1), 0)
+    # the patch tracks the answer token the thoughts decide, with the donor that moves it most
+    # (the page's defaults; tests/test_coconut_app.py checks how they are chosen)
+    off = thoughts.deciding_answer_offset(reasoner, staged, "test", 0)
+    best = thoughts.best_donor(reasoner, staged, "test", 0, 0, list(range(1, 33)), answer_offset=off)
+    donor_off = thoughts.deciding_answer_offset(reasoner, staged, "test", best["donor"])
+    patched = thoughts.patch_thought(reasoner, thoughts.latent_batch(staged, "test", 1, answer_offset=off),
+                                     thoughts.latent_batch(staged, "test", 1, start=best["donor"], answer_offset=donor_off), 0)
     assert at.metric[0].value == f"{float(patched['p_answer_patched'][0]):.3f}"
     assert at.metric[1].value == f"{float(patched['p_source_answer_patched'][0]):.3f}"
     assert "thought_frontier" not in charts(at)  # arithmetic: no search frontier
@@ -918,8 +924,9 @@ def test_latent_thoughts_page(monkeypatch, coconut_add3):
     fig = charts(at)["thought_timeline"]
     assert len(fig["data"][0]["text"]) == 3 and fig["data"][0]["text"][0] == [t[0] for t in want["top_tokens"]]
     _nan_close(fig["data"][2]["y"], want["answer_prob"], atol=1e-5)
-    patched = thoughts.patch_thought(reasoner, thoughts.latent_batch(staged, "val", 1, start=3),
-                                     thoughts.latent_batch(staged, "val", 1, start=7), 2)
+    off, donor_off = (thoughts.deciding_answer_offset(reasoner, staged, "val", i) for i in (3, 7))
+    patched = thoughts.patch_thought(reasoner, thoughts.latent_batch(staged, "val", 1, start=3, answer_offset=off),
+                                     thoughts.latent_batch(staged, "val", 1, start=7, answer_offset=donor_off), 2)
     assert at.metric[0].value == f"{float(patched['p_answer_patched'][0]):.3f}"
     ex = exports(at)
     assert ex["thought_timeline_export"][1]["answer_prob"].shape == (len(want["answer_prob"]),)
