@@ -916,9 +916,15 @@ def attribution_graph(graph, max_edges: int = 1500, title: Optional[str] = None,
         text = []
         for i in idx:
             n = graph.nodes[i]
-            what = {"feature": f"feature {n.latent} of {graph.dictionaries[n.dictionary]['name']}" if n.dictionary is not None else "feature",
-                    "error": f"error of {graph.dictionaries[n.dictionary]['name']}" if n.dictionary is not None else "error",
-                    "embedding": f"token {_shown(n.token or '')!s}", "logit": f"logit {_shown(n.token or '')!s} (p={n.prob:.3f})"}[kind]
+            owner = graph.dictionaries[n.dictionary]["name"] if n.dictionary is not None else "?"
+            if kind == "feature":
+                what = f"feature {n.latent} of {owner}"
+            elif kind == "error":
+                what = f"error of {owner}"
+            elif kind == "embedding":
+                what = f"token {_shown(n.token or '')}"
+            else:
+                what = f"logit {_shown(n.token or '')} (p={n.prob or 0:.3f})"
             infl_txt = f"<br>influence {n.influence:.3f}" if n.influence is not None else ""
             text.append(f"{n.id}: {what}<br>layer {n.layer}, pos {n.pos}, stream {n.stream}<br>activation "
                         f"{n.activation:.3f}{infl_txt}")
