@@ -59,7 +59,7 @@ def _threshold(scores: Tensor, fraction: float) -> Tensor:
     if total <= 0:
         return s.new_tensor(float("inf"))
     cum = s.cumsum(0) / total
-    i = int(torch.searchsorted(cum, torch.tensor(fraction, dtype=cum.dtype)).clamp(max=len(s) - 1))
+    i = int(torch.searchsorted(cum, torch.tensor(fraction, dtype=cum.dtype, device=cum.device)).clamp(max=len(s) - 1))
     return s[i]
 
 

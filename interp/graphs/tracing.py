@@ -122,7 +122,7 @@ def _targets(model, logits: Tensor, target: TargetLike, logit_mass: Optional[flo
     if not 0 < logit_mass <= 1:
         raise GraphError(f"logit_mass={logit_mass}: must be in (0, 1]")
     p, idx = probs.sort(descending=True)
-    n = int(torch.searchsorted(p.cumsum(0), torch.tensor(logit_mass, dtype=p.dtype))) + 1
+    n = int(torch.searchsorted(p.cumsum(0), torch.tensor(logit_mass, dtype=p.dtype, device=p.device))) + 1
     n = max(1, min(n, max_logits, len(p)))
     return [(int(i), float(q)) for q, i in zip(p[:n], idx[:n])]
 
@@ -165,21 +165,21 @@ def prepare(model, dictionaries, prompt, target: TargetLike = None, *, logit_mas
         b.slot = slots[b.layer] = slots.get(b.layer, -1) + 1
         nz = nz_of[b.index] = b.acts.nonzero()
         first_node[b.index] = len(nodes)
-        for p, f in nz.tolist():
+        values, biases = b.acts[nz[:, 0], nz[:, 1]].tolist(), b.enc_bias[nz[:, 1]].tolist()  # one device read each
+        for (p, f), a, c in zip(nz.tolist(), values, biases):
             nodes.append(Node(id=f"{b.layer}_{offset + f}_{p}", kind="feature", layer=b.layer, pos=p, feature=offset + f,
-                              latent=f, dictionary=b.index, stream=b.stream, activation=float(b.acts[p, f]),
-                              constant=float(b.enc_bias[f])))
+                              latent=f, dictionary=b.index, stream=b.stream, activation=a, constant=c))
     error_start = len(nodes)
     for b in rep.bindings:
         tag = f"_{b.slot}" if slots[b.layer] > 0 else ""
-        for p in range(T):
+        for p, norm in enumerate(b.error.norm(dim=-1).tolist()):
             nodes.append(Node(id=f"err_{b.layer}{tag}_{p}", kind="error", layer=b.layer, pos=p, feature=-1,
-                              dictionary=b.index, stream=b.stream, activation=float(b.error[p].norm())))
+                              dictionary=b.index, stream=b.stream, activation=norm))
     token_start = len(nodes)
     stream0 = "xt" if rep.factored else "resid"
-    for p, t in enumerate(rep.tokens.tolist()):
+    for p, (t, norm) in enumerate(zip(rep.tokens.tolist(), rep.embed.norm(dim=-1).tolist())):
         nodes.append(Node(id=f"E_{t}_{p}", kind="embedding", layer=-1, pos=p, feature=t, stream=stream0,
-                          activation=float(rep.embed[p].norm()), token=_token_text(model, t)))
+                          activation=norm, token=_token_text(model, t)))
     targets = _targets(model, rep.logits[-1], target, logit_mass, max_logits)
     W_U = model.W_U.detach().float()
     b_U = model.b_U.detach().float() if getattr(model, "b_U", None) is not None else None
@@ -255,6 +255,8 @@ def attribute(model, dictionaries, prompt, target: TargetLike = None, *, logit_m
     batch_size: targets per backward pass (default: as many as fit `memory_mb`, at most 256).
     check_model: refuse dictionaries trained for another model (config fields or checkpoint name).
     kind: which dictionaries to take from a folder ("auto", "transcoders", "saes", "all").
+    Dictionaries given as objects are moved to the model's device in float32 (in place). The
+    graph is computed in float32 whatever the model's dtype (exact for a float32 model).
     """
     from tqdm.auto import tqdm
 
@@ -328,5 +330,5 @@ def naive_rows(prep: Prepared, which: Optional[Sequence[int]] = None) -> Float[T
                 V, cols = prep.sources[k]
                 E = torch.einsum("pd,pkd->pk", g[0].float(), V)
                 keep = cols >= 0
-                out[r, cols[keep]] = E[keep].detach().cpu()
+                out[r, cols[keep].cpu()] = E[keep].detach().cpu()
     return out
