@@ -234,14 +234,24 @@ def data_prepare(
     shard_tokens: int = typer.Option(100_000_000, "--shard-tokens", min=1, help="Tokens per shard file."),
 ) -> None:
     """Tokenize a text corpus once into memory-mapped uint16/uint32 token shards; train on them
-    with `--set task.shards=OUT`."""
+    with `--set task.shards=OUT`. Prints the token count of each split and the rate."""
+    import time
+
+    from interp.shards import read_shards
     from interp.training import TrainConfigError
     from interp.training.data import prepare_shards
 
+    start = time.perf_counter()
     try:
         path = prepare_shards(config, out, list(set_), shard_tokens)
     except (TrainConfigError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    seconds = time.perf_counter() - start
+    counts = {split: info["n_tokens"] for split, info in read_shards(path)["splits"].items()}
+    total = sum(counts.values())
+    typer.echo(" · ".join(f"{split} {n:,}" for split, n in counts.items())
+               + f" tokens; read, tokenized and written in {seconds:.1f} s ({total / max(seconds, 1e-9) / 1e6:.2f} M tokens/s)",
+               err=True)
     typer.echo(str(path))
 
 

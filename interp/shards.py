@@ -100,6 +100,7 @@ class WindowTensors:
 
 # ============================================================================ token shards
 SHARD_FORMAT = "interp-token-shards"
+WRITE_PIECE = 1 << 20  # tokens written (and counted on the progress bar) at a time
 
 
 def shard_dtype(vocab_size: int) -> np.dtype:
@@ -119,7 +120,8 @@ def write_shards(out_dir: Path, split_ids: dict[str, Any], vocab_size: int, toke
             "tokenizer": "tokenizer.json", "task": task, "splits": {}}
     for split, chunks in split_ids.items():
         files, total, k, fill, f = [], 0, 0, 0, None
-        bar = tqdm(desc=f"{split}", unit="tok", unit_scale=True, leave=False)
+        known = sum(len(c) for c in chunks) if isinstance(chunks, (list, tuple)) else None  # a stream: unknown
+        bar = tqdm(desc=f"{split}", total=known, unit="tok", unit_scale=True, leave=True, mininterval=0.5)
         for chunk in chunks:
             arr = np.asarray(chunk, dtype=np.int64)
             if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
@@ -132,7 +134,7 @@ def write_shards(out_dir: Path, split_ids: dict[str, Any], vocab_size: int, toke
                     name = f"{split}_{k:04d}.bin"
                     files.append({"file": name, "n_tokens": 0})
                     f, fill, k = open(out_dir / name, "wb"), 0, k + 1
-                take = min(arr.size, shard_tokens - fill)
+                take = min(arr.size, shard_tokens - fill, WRITE_PIECE)  # pieces: the bar moves as it writes
                 f.write(arr[:take].tobytes())
                 files[-1]["n_tokens"] += int(take)
                 fill += take
