@@ -88,7 +88,8 @@ def main(argv=None):
         mean_replacement=float(np.mean([p["replacement"] for p in per_prompt])),
         prompts=per_prompt)
     fig = plots.influence_vs_ablation(infl, abl, labels=[r["node"] for r in all_rows],
-                                      groups=[f"prompt {r['prompt']}" for r in all_rows])
+                                      groups=[f"prompt {r['prompt']}" for r in all_rows],
+                                      rho=summary["spearman_influence_vs_ablation"])
     return write(args.out, summary, {"influence_vs_ablation": fig})
 
 

@@ -948,14 +948,11 @@ def attribution_graph(graph, max_edges: int = 1500, title: Optional[str] = None,
 
 
 def influence_vs_ablation(influence, effect, labels: Optional[Sequence[str]] = None, groups: Optional[Sequence[str]] = None,
-                          title: Optional[str] = None) -> go.Figure:
+                          rho: Optional[float] = None, title: Optional[str] = None) -> go.Figure:
     """Each feature's influence in its attribution graph against the change of the target logit
     when that feature is zeroed in the real model (|effect|, log-log), one colour per group
-    (e.g. prompt), with Spearman rho in the title."""
-    from interp.graphs.validate import spearman
-
+    (e.g. prompt); `rho` (e.g. `graphs.validate.spearman`) goes in the title."""
     x, yv = _np(influence).reshape(-1), np.abs(_np(effect).reshape(-1))
-    rho = spearman(x, yv)
     groups = list(groups) if groups is not None else ["features"] * len(x)
     labels = list(labels) if labels is not None else [str(i) for i in range(len(x))]
     fig = go.Figure()
@@ -964,7 +961,7 @@ def influence_vs_ablation(influence, effect, labels: Optional[Sequence[str]] = N
         fig.add_trace(go.Scatter(x=x[idx], y=yv[idx], mode="markers", name=str(name), text=[labels[i] for i in idx],
                                  marker=dict(color=_COLORS[gi % len(_COLORS)], size=8, opacity=0.8),
                                  hovertemplate="%{text}<br>influence %{x:.4f}<br>|ablation effect| %{y:.4f}<extra></extra>"))
-    fig.update_layout(title=title or f"Graph influence vs ablation effect: Spearman rho = {rho:.3f}",
+    fig.update_layout(title=title or "Graph influence vs ablation effect" + (f": Spearman rho = {rho:.3f}" if rho is not None else ""),
                       xaxis=dict(type="log", title="influence on the target logit (graph)"),
                       yaxis=dict(type="log", title="|change of the target logit| when the feature is zeroed"))
     return fig

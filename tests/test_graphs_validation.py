@@ -124,8 +124,9 @@ def test_graph_figure():
     drawn = sum(np.isnan(np.asarray(tr.x, dtype=float)).sum() for tr in fig.data if tr.mode == "lines" and len(tr.x) > 2)
     assert drawn <= 10
     torch.manual_seed(0)
-    f2 = plots.influence_vs_ablation([0.1, 0.2, 0.3, 0.4], [0.1, -0.3, 0.2, 0.4], groups=["a", "a", "b", "b"])
-    assert "rho = 0.800" in f2.layout.title.text
+    x, y = [0.1, 0.2, 0.3, 0.4], [0.1, -0.3, 0.2, 0.4]
+    f2 = plots.influence_vs_ablation(x, y, groups=["a", "a", "b", "b"], rho=validate.spearman(x, np.abs(y)))
+    assert "rho = 0.800" in f2.layout.title.text and len(f2.data) == 2
 
 
 def test_shipped_induction_graph_reads_the_earlier_occurrence():

@@ -7,9 +7,9 @@ g.completeness(), g.replacement()            # floats in [0, 1]
 g.prune(node_threshold=0.8, edge_threshold=0.98).to_json("graph.json")
 ```
 
-Where each part lives: `replacement.py` (the local replacement model: frozen norms and
-patterns, transcoders with error terms, optional SAE cuts; what may attach where), `linear.py`
-(its batched transposed pass: the edges), `tracing.py` (`attribute`, node table, targets,
+Where each part lives: `attach.py` (which dictionaries may attach where; loading them),
+`replacement.py` (the local replacement model: frozen norms and patterns, transcoders with
+error terms, optional SAE cuts), `linear.py` (its batched transposed pass: the edges), `tracing.py` (`attribute`, node table, targets,
 constants, the one-backward-per-node reference), `graph.py` (`AttributionGraph`, `Node`, save /
 load), `prune.py` (influence, pruning, completeness and replacement scores), `export.py` (the
 JSON circuit-tracer's front end reads), `validate.py` (influence against ablations in the real
@@ -26,8 +26,8 @@ from typing import Any
 _NAMES = {
     "attribute": "tracing", "prepare": "tracing", "constants": "tracing", "naive_rows": "tracing",
     "Prepared": "tracing", "AttributionGraph": "graph", "Node": "graph", "load": "graph",
-    "GraphError": "replacement", "Replacement": "replacement", "build": "replacement", "frozen": "replacement",
-    "load_dictionaries": "replacement",
+    "GraphError": "attach", "Replacement": "replacement", "build": "replacement", "frozen": "replacement",
+    "load_dictionaries": "attach",
 }
 
 __all__ = sorted(_NAMES)

@@ -272,7 +272,7 @@ def load(path: Union[str, Path]) -> AttributionGraph:
     """A graph written by `AttributionGraph.save` (errors name the file and the fault)."""
     from safetensors.torch import load_file
 
-    from .replacement import GraphError
+    from .attach import GraphError
 
     path = Path(path)
     meta_file, adj_file = path / "graph.json", path / "adjacency.safetensors"

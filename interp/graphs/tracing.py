@@ -33,7 +33,8 @@ from torch import Tensor
 
 from .graph import AttributionGraph, Node
 from .linear import EMBED, LOGITS, LinearReplacement
-from .replacement import GraphError, Replacement, build, frozen, load_dictionaries
+from .attach import GraphError, load_dictionaries
+from .replacement import Replacement, build, frozen
 
 __all__ = ["attribute", "constants", "naive_rows", "prepare", "Prepared"]
 
