@@ -58,7 +58,7 @@ def graph(
     p.to_json(out / "graph.json", slug=out.name)
     fig = plots.attribution_graph(p, title=f"{Path(ckpt).name}: {text[-40:]!r} -> "
                                            f"{next(n.token for n in p.nodes if n.is_target)!r}")
-    fig.write_html(out / "graph.html", include_plotlyjs="cdn")
+    fig.write_html(out / "graph.html", include_plotlyjs="directory")  # plotly.min.js beside it: opens offline
     p.save(out / "graph")
     top = next(n for n in p.nodes if n.is_target)
     r, c = g.scores()
