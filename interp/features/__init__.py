@@ -13,7 +13,8 @@ stats = features.evaluate(sae, "data/checkpoints/shakespeare_vanilla", tokens=50
 Where each part lives: `dictionary.py` (`SparseDictionary`, `DictionaryConfig`, the registry),
 one file per architecture (`relu`, `topk`, `batchtopk`, `jumprelu`, `matryoshka`), `io.py`
 (SAELens's on-disk format), `splicing.py` (dictionaries inside a model), `evaluation.py`
-(L0, FVE, CE loss recovered, ...), `data.py` (token batches of a checkpoint's own task),
+(L0, FVE, CE loss recovered, ...), `measures.py` (token purity, AUC against a label, Fourier share:
+what latents are about), `data.py` (token batches of a checkpoint's own task),
 `training/` (the trainer), `dashboards/` (feature dashboards: top contexts, activation bins,
 logit effects, on disk), `steering.py` (steer with / ablate a feature), `cli.py` (`interp features ...`).
 
@@ -32,6 +33,7 @@ _WHERE = {
     "splice": "splicing", "model_identity": "splicing", "hook_widths": "splicing",
     "evaluate": "evaluation",
     "token_batches": "data", "TokenBatch": "data",
+    "latent_activations": "measures", "token_purity": "measures", "label_auc": "measures", "fourier_share": "measures",
     "train": "training",
     "dashboard": "dashboards", "open_dashboards": "dashboards", "DashboardStore": "dashboards",
     "LatentDashboard": "dashboards", "prompt_latents": "dashboards",
